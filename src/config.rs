@@ -1,0 +1,461 @@
+//! Settings: command-line flags, `CRIER_*` environment variables and an optional TOML file,
+//! resolved into one validated [`Config`].
+//!
+//! Each setting is defined once, on [`ServeArgs`], with its doc text, default and variable;
+//! `crier serve --help` is the manual. Precedence is flag, then environment, then file, then
+//! default. This is the only module that reads the environment.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// The `crier` command line.
+#[derive(Parser, Debug)]
+#[command(name = "crier", version, about = "Thread-per-core WebSocket broadcast server", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Publish a message to a channel through the server's Unix socket.
+    Publish(PublishArgs),
+    /// Preflight: can this machine hold N connections, and what to tune.
+    Check(crate::check::CheckArgs),
+}
+
+/// Which io driver each shard's monoio runtime uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+/// A byte count: plain bytes or with a KiB/MiB/GiB (or K/M/G) suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m): {e}"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim().trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal file mode (e.g. 0660)"))
+}
+
+/// The admin address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| format!("'{s}' is not an address (e.g. 127.0.0.1:9100) or 'off'"))
+}
+
+fn parse_level(s: &str) -> Result<String, String> {
+    match s.to_ascii_lowercase().as_str() {
+        l @ ("error" | "warn" | "info" | "debug" | "trace" | "off") => Ok(l.to_string()),
+        _ => Err(format!("'{s}' is not a log level (error, warn, info, debug, trace)")),
+    }
+}
+
+/// Settings of `crier serve`. Each one is also `CRIER_<NAME>` and a key of the `--config` file.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys are the flag names, e.g. `ping-interval = "30s"`).
+    #[arg(long, env = "CRIER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT.
+    #[arg(long, env = "CRIER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// HTTP path that upgrades to WebSocket.
+    #[arg(long, env = "CRIER_PATH", default_value = "/ws")]
+    pub path: String,
+
+    /// Number of shards (threads, each pinned to a CPU). [default: online CPUs]
+    #[arg(long, env = "CRIER_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// io driver: auto falls back to epoll where io_uring is blocked.
+    #[arg(long, env = "CRIER_DRIVER", value_enum, default_value = "auto")]
+    pub driver: DriverChoice,
+
+    /// Upgrades past this many open connections get 503.
+    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value = "100000", value_name = "N")]
+    pub max_connections: usize,
+
+    /// Time a client has to send its complete upgrade request.
+    #[arg(long, env = "CRIER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Duration,
+
+    /// The server pings each connection this often.
+    #[arg(long, env = "CRIER_PING_INTERVAL", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ping_interval: Duration,
+
+    /// Connections that send nothing (not even a pong) for this long are closed with 1001.
+    #[arg(long, env = "CRIER_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Per-connection outbound backlog; a connection past it is closed with 1008.
+    #[arg(long, env = "CRIER_MAX_QUEUE_BYTES", default_value = "1MiB", value_name = "SIZE")]
+    pub max_queue_bytes: ByteSize,
+
+    /// Largest payload a publisher may send.
+    #[arg(long, env = "CRIER_MAX_MESSAGE_BYTES", default_value = "1MiB", value_name = "SIZE")]
+    pub max_message_bytes: ByteSize,
+
+    /// Largest message a client may send (after inflating); larger closes with 1009.
+    #[arg(long, env = "CRIER_MAX_CLIENT_MESSAGE_BYTES", default_value = "64KiB", value_name = "SIZE")]
+    pub max_client_message_bytes: ByteSize,
+
+    /// Channels one connection may subscribe to.
+    #[arg(long, env = "CRIER_MAX_CHANNELS", default_value = "64", value_name = "N")]
+    pub max_channels: usize,
+
+    /// Accept permessage-deflate offers.
+    #[arg(long, env = "CRIER_DEFLATE", default_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub deflate: bool,
+
+    /// Publisher Unix socket. [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock]
+    #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
+    pub publish_socket: Option<PathBuf>,
+
+    /// File mode of the publisher socket (octal); whoever may write it may publish.
+    #[arg(long, env = "CRIER_PUBLISH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode, value_name = "MODE")]
+    pub publish_socket_mode: u32,
+
+    /// Admin HTTP address for /metrics and /healthz, or `off`.
+    #[arg(long, env = "CRIER_ADMIN_LISTEN", default_value = "127.0.0.1:9100", value_parser = parse_admin, value_name = "ADDR")]
+    pub admin_listen: AdminListen,
+
+    /// On SIGTERM/SIGINT, time to flush close frames before exiting.
+    #[arg(long, env = "CRIER_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
+    /// Listen backlog of each shard's listener.
+    #[arg(long, env = "CRIER_BACKLOG", default_value = "4096", value_name = "N")]
+    pub backlog: i32,
+
+    /// SO_SNDBUF of accepted sockets (e.g. 16KiB for density). [default: kernel's]
+    #[arg(long, env = "CRIER_SOCKET_SEND_BUFFER", value_name = "SIZE")]
+    pub socket_send_buffer: Option<ByteSize>,
+
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides it).
+    #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
+    pub log_level: String,
+}
+
+/// Arguments of `crier publish`.
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Channel to publish to (`*` reaches every connection).
+    #[arg(long, short = 'c')]
+    pub channel: String,
+    /// Publisher socket. [default: the server's default]
+    #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
+    pub publish_socket: Option<PathBuf>,
+    /// Send as a binary frame instead of text.
+    #[arg(long)]
+    pub binary: bool,
+    /// Publish each line of stdin as one message.
+    #[arg(long, conflicts_with = "message")]
+    pub lines: bool,
+    /// The message; `-` or nothing reads it from stdin.
+    pub message: Option<String>,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub path: String,
+    pub shards: usize,
+    pub driver: DriverChoice,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub max_queue_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_client_message_bytes: usize,
+    pub max_channels: usize,
+    pub deflate: bool,
+    pub publish_socket: PathBuf,
+    pub publish_socket_mode: u32,
+    pub admin_listen: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub backlog: i32,
+    pub socket_send_buffer: Option<usize>,
+    /// tracing filter: RUST_LOG if set, else the log level.
+    pub log_filter: String,
+    /// systemd's notification socket (NOTIFY_SOCKET), if started by systemd.
+    pub notify_socket: Option<OsString>,
+    /// systemd watchdog interval (WATCHDOG_USEC), if set.
+    pub watchdog: Option<Duration>,
+}
+
+/// A setting that could not be used; the message names the setting and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The default publisher socket, shared by `crier serve` and `crier publish`.
+pub fn default_publish_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => Path::new(&dir).join("crier.sock"),
+        _ => PathBuf::from(format!("/tmp/crier-{}.sock", unsafe { libc::getuid() })),
+    }
+}
+
+/// Parses the whole command line, folding the `--config` file into `serve`'s settings.
+pub fn parse_cli() -> Result<Cli, clap::Error> {
+    parse_cli_from(std::env::args_os().collect())
+}
+
+fn parse_cli_from(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let Command::Serve(serve) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(path) = serve.config.clone() else {
+        return Ok(cli);
+    };
+    let sub = matches.subcommand_matches("serve").expect("serve was parsed");
+    let extra = match file_args(&path, sub) {
+        Ok(extra) => extra,
+        Err(e) => return Err(Cli::command().error(clap::error::ErrorKind::ValueValidation, e)),
+    };
+    let mut argv = argv;
+    argv.extend(extra);
+    Cli::try_parse_from(argv)
+}
+
+/// Turns the TOML file into `--key=value` arguments for the settings that the command line
+/// and environment left at their defaults. Each value is checked on its own first, so an
+/// error names the file and the key.
+fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table =
+        text.parse().map_err(|e| format!("config file {}: not valid TOML: {e}", path.display()))?;
+    let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str()) && key != "config") else {
+            return Err(format!(
+                "config file {}: unknown setting '{key}' (settings are the flag names of `crier serve --help`, e.g. ping-interval)",
+                path.display()
+            ));
+        };
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(format!(
+                    "config file {}: setting '{key}' must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ));
+            }
+        };
+        let flag = format!("--{key}={value}");
+        if let Err(e) =
+            ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true)).try_get_matches_from([&flag])
+        {
+            let detail = e.kind().as_str().unwrap_or("invalid value");
+            let why = e.to_string();
+            let why = why.lines().next().unwrap_or(detail).trim_start_matches("error: ");
+            return Err(format!("config file {}: setting '{key}' = {value:?}: {why}", path.display()));
+        }
+        let id = arg.get_id().as_str();
+        if !matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            out.push(OsString::from(flag));
+        }
+    }
+    Ok(out)
+}
+
+impl ServeArgs {
+    /// Checks relations between settings and fills computed defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        let shards = self.shards.unwrap_or_else(online_cpus);
+        if shards == 0 {
+            return err("--shards must be at least 1".into());
+        }
+        if !self.path.starts_with('/') {
+            return err(format!("--path must start with '/', got '{}'", self.path));
+        }
+        if self.max_connections == 0 {
+            return err("--max-connections must be at least 1".into());
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            return err("--ping-interval, --idle-timeout and --handshake-timeout must be above zero".into());
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return err(format!(
+                "--idle-timeout ({}) must be longer than --ping-interval ({}), or healthy clients get closed between pings",
+                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(self.ping_interval)
+            ));
+        }
+        let max_queue_bytes = self.max_queue_bytes.0 as usize;
+        if max_queue_bytes < 1024 {
+            return err(format!("--max-queue-bytes must be at least 1KiB, got {max_queue_bytes}"));
+        }
+        let max_message_bytes = self.max_message_bytes.0 as usize;
+        if max_message_bytes == 0 || max_message_bytes > 1 << 30 {
+            return err(format!("--max-message-bytes must be between 1 and 1GiB, got {max_message_bytes}"));
+        }
+        let max_client_message_bytes = self.max_client_message_bytes.0 as usize;
+        if !(125..=1 << 30).contains(&max_client_message_bytes) {
+            return err(format!(
+                "--max-client-message-bytes must be between 125 and 1GiB, got {max_client_message_bytes}"
+            ));
+        }
+        if self.max_channels == 0 {
+            return err("--max-channels must be at least 1".into());
+        }
+        if self.backlog <= 0 {
+            return err(format!("--backlog must be positive, got {}", self.backlog));
+        }
+        let socket_send_buffer = self.socket_send_buffer.map(|b| b.0 as usize);
+        if socket_send_buffer.is_some_and(|b| b < 1024) {
+            return err("--socket-send-buffer must be at least 1KiB".into());
+        }
+        let log_filter =
+            std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| self.log_level.clone());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|us| *us > 0)
+            .map(Duration::from_micros);
+        Ok(Config {
+            listen: self.listen,
+            path: self.path,
+            shards,
+            driver: self.driver,
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            max_queue_bytes,
+            max_message_bytes,
+            max_client_message_bytes,
+            max_channels: self.max_channels,
+            deflate: self.deflate,
+            publish_socket: self.publish_socket.unwrap_or_else(default_publish_socket),
+            publish_socket_mode: self.publish_socket_mode,
+            admin_listen: self.admin_listen.0,
+            drain_timeout: self.drain_timeout,
+            backlog: self.backlog,
+            socket_send_buffer,
+            log_filter,
+            notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
+            watchdog,
+        })
+    }
+}
+
+/// CPUs this process may run on.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["crier", "serve"];
+        argv.extend_from_slice(args);
+        match parse_cli_from(argv.into_iter().map(OsString::from).collect())?.command {
+            Command::Serve(s) => Ok(*s),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap().0, 1 << 20);
+        assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
+        assert!("1 furlong".parse::<ByteSize>().is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_mode("0660").unwrap(), 0o660);
+        assert!(parse_mode("0999").is_err());
+    }
+
+    #[test]
+    fn config_file_fills_defaults_only() {
+        let dir = std::env::temp_dir().join(format!("crier-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "ping-interval = \"5s\"\nmax-channels = 3\ndeflate = false\npath = \"/live\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = serve(&["--config", f, "--max-channels", "9"]).unwrap();
+        assert_eq!(s.ping_interval, Duration::from_secs(5));
+        assert_eq!(s.max_channels, 9, "flag beats file");
+        assert!(!s.deflate);
+        assert_eq!(s.path, "/live");
+
+        std::fs::write(&file, "ping-intervl = \"5s\"\n").unwrap();
+        let e = serve(&["--config", f]).unwrap_err().to_string();
+        assert!(e.contains("unknown setting 'ping-intervl'"), "{e}");
+        std::fs::write(&file, "idle-timeout = \"forever\"\n").unwrap();
+        let e = serve(&["--config", f]).unwrap_err().to_string();
+        assert!(e.contains("idle-timeout"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let e = serve(&["--ping-interval", "1m", "--idle-timeout", "30s"]).unwrap().resolve().unwrap_err();
+        assert!(e.0.contains("--idle-timeout"), "{e}");
+        let e = serve(&["--shards", "0"]).unwrap().resolve().unwrap_err();
+        assert!(e.0.contains("--shards"), "{e}");
+        assert!(serve(&["--max-queue-bytes", "lots"]).unwrap_err().to_string().contains("max-queue-bytes"));
+    }
+}

@@ -1,0 +1,477 @@
+//! WebSocket frames (RFC 6455 §5): server frame encoding and client frame parsing.
+//!
+//! Encoding is separate from IO: a [`Frame`] is a complete server frame (header and payload)
+//! in one `Bytes`, built only here, so the hub can build a broadcast once and every shard can
+//! write the same buffer to every socket. Parsing turns bytes read from a client into
+//! [`Event`]s and enforces the RFC's rules for client frames; it never allocates for a
+//! message that fits in one frame. Header formatting and parsing use tungstenite's
+//! `FrameHeader`; tungstenite's `WebSocket` (128 KiB of buffers per connection) is never used.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+/// Close codes used by crier (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// Whether a data message is text or binary (the frame's opcode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+impl MessageKind {
+    fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Data(Data::Text),
+            MessageKind::Binary => OpCode::Data(Data::Binary),
+        }
+    }
+}
+
+/// A complete, encoded server frame. Only the encoders in this module build one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn encode(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Frame {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None, // §5.1: a server MUST NOT mask frames it sends.
+    };
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(header.len(len) + payload.len());
+    header.format(len, &mut out).expect("writing a frame header into a Vec cannot fail");
+    out.extend_from_slice(payload);
+    Frame(Bytes::from(out))
+}
+
+/// A data frame carrying a whole message. `compressed` sets RSV1 (RFC 7692 §6): the payload
+/// must then be raw DEFLATE with the trailing `00 00 ff ff` removed.
+pub fn encode_data(kind: MessageKind, payload: &[u8], compressed: bool) -> Frame {
+    encode(kind.opcode(), compressed, payload)
+}
+
+/// A pong echoing a ping's application data (§5.5.3).
+pub fn encode_pong(payload: &[u8]) -> Frame {
+    encode(OpCode::Control(Control::Pong), false, payload)
+}
+
+/// A ping with no payload; the same bytes serve every connection.
+pub fn encode_ping() -> Frame {
+    Frame(Bytes::from_static(&[0x89, 0x00]))
+}
+
+/// A close frame with a status code and a reason (§5.5.1). The reason is cut to fit the
+/// 125-byte control frame limit on a character boundary.
+pub fn encode_close(code: u16, reason: &str) -> Frame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Control(Control::Close), false, &payload)
+}
+
+/// Why a client's frames broke the protocol, and the close code the RFC assigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn protocol(reason: &'static str) -> Violation {
+    Violation { code: close_code::PROTOCOL_ERROR, reason }
+}
+
+/// What a client sent, one event per complete control frame or data message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Ping(&'a [u8]),
+    Pong,
+    /// A close frame: its code and reason, if it had a payload.
+    Close(Option<(u16, &'a str)>),
+    /// A complete data message. `compressed` means RSV1 was set on its first frame and the
+    /// payload still has to be inflated (and, for text, checked as UTF-8 after that).
+    Message {
+        kind: MessageKind,
+        compressed: bool,
+        payload: &'a [u8],
+    },
+}
+
+/// A fragmented data message being put together (§5.4).
+#[derive(Debug)]
+struct Assembly {
+    kind: MessageKind,
+    compressed: bool,
+    data: Vec<u8>,
+}
+
+/// Parses client frames from a connection's byte stream.
+///
+/// Holds no buffer while a connection is idle: bytes are parsed straight from the shard's
+/// read buffer, and only an incomplete frame's bytes (or a fragmented message) are kept.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    partial: Vec<u8>,
+    assembly: Option<Assembly>,
+}
+
+/// Limits a [`FrameReader`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderLimits {
+    /// Largest message (sum of fragments, before inflating) a client may send.
+    pub max_message: usize,
+    /// permessage-deflate was negotiated, so RSV1 is allowed on a message's first frame.
+    pub deflate: bool,
+}
+
+impl FrameReader {
+    /// Bytes held between reads (an incomplete frame, or fragments of a message).
+    pub fn buffered(&self) -> usize {
+        self.partial.capacity() + self.assembly.as_ref().map_or(0, |a| a.data.capacity())
+    }
+
+    /// Parses `input` (just read from the socket; unmasked in place), calling `sink` for each
+    /// event. `sink` returns false to stop (after a close). Returns the first violation.
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        limits: ReaderLimits,
+        sink: &mut dyn FnMut(Event<'_>) -> bool,
+    ) -> Result<(), Violation> {
+        if self.partial.is_empty() {
+            let used = parse_frames(input, &mut self.assembly, limits, sink)?;
+            if used < input.len() {
+                self.partial.extend_from_slice(&input[used..]);
+            }
+        } else {
+            self.partial.extend_from_slice(input);
+            let mut buf = std::mem::take(&mut self.partial);
+            let used = parse_frames(&mut buf, &mut self.assembly, limits, sink)?;
+            buf.drain(..used);
+            if buf.is_empty() {
+                buf = Vec::new(); // give the memory back while idle
+            }
+            self.partial = buf;
+        }
+        Ok(())
+    }
+}
+
+/// Parses whole frames from `buf`; returns how many bytes were consumed.
+fn parse_frames(
+    buf: &mut [u8],
+    assembly: &mut Option<Assembly>,
+    limits: ReaderLimits,
+    sink: &mut dyn FnMut(Event<'_>) -> bool,
+) -> Result<usize, Violation> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        let mut cursor = Cursor::new(&buf[pos..]);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => break,
+            // tungstenite refuses reserved opcodes here (§5.2).
+            Err(_) => return Err(protocol("reserved opcode")),
+        };
+        let header_len = cursor.position() as usize;
+        let Some(mask) = header.mask else {
+            return Err(protocol("client frames must be masked")); // §5.1
+        };
+        if header.rsv2 || header.rsv3 {
+            return Err(protocol("reserved bit set")); // §5.2
+        }
+        let is_control = matches!(header.opcode, OpCode::Control(_));
+        if is_control {
+            if !header.is_final {
+                return Err(protocol("fragmented control frame")); // §5.5
+            }
+            if len > 125 {
+                return Err(protocol("control frame payload over 125 bytes")); // §5.5
+            }
+            if header.rsv1 {
+                return Err(protocol("RSV1 set on a control frame")); // RFC 7692 §6.1
+            }
+        } else {
+            let held = assembly.as_ref().map_or(0, |a| a.data.len()) as u64;
+            if len.saturating_add(held) > limits.max_message as u64 {
+                return Err(Violation { code: close_code::MESSAGE_TOO_BIG, reason: "message too big" });
+            }
+        }
+        let len = len as usize;
+        if buf.len() - pos - header_len < len {
+            break; // wait for the rest of the payload
+        }
+        let start = pos + header_len;
+        let payload = &mut buf[start..start + len];
+        apply_mask(payload, mask);
+        pos = start + len;
+
+        let keep_going = match header.opcode {
+            OpCode::Control(Control::Ping) => sink(Event::Ping(payload)),
+            OpCode::Control(Control::Pong) => sink(Event::Pong),
+            OpCode::Control(Control::Close) => {
+                let close = parse_close(payload)?;
+                sink(Event::Close(close));
+                false
+            }
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(protocol("reserved opcode"));
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(open) = assembly.as_mut() else {
+                    return Err(protocol("continuation frame without a message")); // §5.4
+                };
+                if header.rsv1 {
+                    return Err(protocol("RSV1 set on a continuation frame")); // RFC 7692 §6.1
+                }
+                open.data.extend_from_slice(payload);
+                if header.is_final {
+                    let done = assembly.take().expect("checked above");
+                    sink(Event::Message { kind: done.kind, compressed: done.compressed, payload: &done.data })
+                } else {
+                    true
+                }
+            }
+            OpCode::Data(data) => {
+                if assembly.is_some() {
+                    return Err(protocol("new message before the previous one ended")); // §5.4
+                }
+                if header.rsv1 && !limits.deflate {
+                    return Err(protocol("RSV1 set without permessage-deflate")); // §5.2
+                }
+                let kind = if data == Data::Text { MessageKind::Text } else { MessageKind::Binary };
+                if header.is_final {
+                    sink(Event::Message { kind, compressed: header.rsv1, payload })
+                } else {
+                    *assembly = Some(Assembly { kind, compressed: header.rsv1, data: payload.to_vec() });
+                    true
+                }
+            }
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    Ok(pos)
+}
+
+/// Validates a close frame's payload (§5.5.1, §7.4).
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Violation> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(protocol("close payload of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            // §7.4.1/§7.4.2: codes a peer may send; 1004-1006 and 1015 must not be sent.
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !allowed {
+                return Err(protocol("invalid close code"));
+            }
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| Violation {
+                code: close_code::INVALID_PAYLOAD,
+                reason: "close reason is not valid UTF-8",
+            })?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// XORs `buf` with the 4-byte masking key (§5.3), eight bytes at a time.
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let v = u64::from_ne_bytes(chunk.try_into().expect("chunk of 8")) ^ wide;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![first];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            out.push(m | payload.len() as u8);
+        } else if payload.len() < 65536 {
+            out.push(m | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            out.push(m | 127);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        let mut body = payload.to_vec();
+        if let Some(mask) = mask {
+            out.extend_from_slice(&mask);
+            apply_mask(&mut body, mask);
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+    const LIMITS: ReaderLimits = ReaderLimits { max_message: 1024, deflate: false };
+
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<(u16, String)>),
+        Msg(MessageKind, bool, Vec<u8>),
+    }
+
+    fn feed_all(r: &mut FrameReader, chunks: &[&[u8]], limits: ReaderLimits) -> (Vec<Owned>, Result<(), Violation>) {
+        let mut events = Vec::new();
+        for chunk in chunks {
+            let mut data = chunk.to_vec();
+            let res = r.feed(&mut data, limits, &mut |e| {
+                events.push(match e {
+                    Event::Ping(p) => Owned::Ping(p.to_vec()),
+                    Event::Pong => Owned::Pong,
+                    Event::Close(c) => Owned::Close(c.map(|(c, r)| (c, r.to_string()))),
+                    Event::Message { kind, compressed, payload } => Owned::Msg(kind, compressed, payload.to_vec()),
+                });
+                true
+            });
+            if res.is_err() {
+                return (events, res);
+            }
+        }
+        (events, Ok(()))
+    }
+
+    #[test]
+    fn encodes_server_frames_unmasked() {
+        let f = encode_data(MessageKind::Text, b"hi", false);
+        assert_eq!(f.bytes().as_ref(), &[0x81, 0x02, b'h', b'i']);
+        let f = encode_data(MessageKind::Binary, &[0u8; 200], true);
+        assert_eq!(&f.bytes()[..4], &[0xC2, 126, 0, 200]);
+        assert_eq!(f.len(), 204);
+        let f = encode_data(MessageKind::Text, &vec![b'a'; 70_000], false);
+        assert_eq!(f.bytes()[1], 127);
+        assert_eq!(encode_ping().bytes().as_ref(), &[0x89, 0]);
+        assert_eq!(encode_pong(b"x").bytes().as_ref(), &[0x8A, 1, b'x']);
+        assert_eq!(encode_close(1001, "bye").bytes().as_ref(), &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+        // Reasons are cut to fit a control frame, on a char boundary.
+        assert!(encode_close(1000, &"é".repeat(100)).len() <= 127);
+    }
+
+    #[test]
+    fn parses_messages_split_across_reads() {
+        let frame = client_frame(0x81, b"hello world", MASK);
+        let mut r = FrameReader::default();
+        let (ev, res) = feed_all(&mut r, &[&frame[..3], &frame[3..9], &frame[9..]], LIMITS);
+        res.unwrap();
+        assert_eq!(ev, vec![Owned::Msg(MessageKind::Text, false, b"hello world".to_vec())]);
+        assert_eq!(r.buffered(), 0, "no buffer kept once the frame is complete");
+    }
+
+    #[test]
+    fn reassembles_fragments_with_interleaved_control() {
+        let mut bytes = client_frame(0x02, b"ab", MASK);
+        bytes.extend(client_frame(0x89, b"p", MASK));
+        bytes.extend(client_frame(0x00, b"cd", MASK));
+        bytes.extend(client_frame(0x80, b"e", MASK));
+        let mut r = FrameReader::default();
+        let (ev, res) = feed_all(&mut r, &[&bytes], LIMITS);
+        res.unwrap();
+        assert_eq!(ev, vec![Owned::Ping(b"p".to_vec()), Owned::Msg(MessageKind::Binary, false, b"abcde".to_vec())]);
+    }
+
+    #[test]
+    fn close_and_pong() {
+        let mut bytes = client_frame(0x8A, b"", MASK);
+        bytes.extend(client_frame(0x88, &[0x03, 0xE8, b'o', b'k'], MASK));
+        bytes.extend(client_frame(0x81, b"after close is ignored", MASK));
+        let (ev, res) = feed_all(&mut FrameReader::default(), &[&bytes], LIMITS);
+        res.unwrap();
+        assert_eq!(ev, vec![Owned::Pong, Owned::Close(Some((1000, "ok".into())))]);
+    }
+
+    fn violation(bytes: &[u8], limits: ReaderLimits) -> Violation {
+        feed_all(&mut FrameReader::default(), &[bytes], limits).1.unwrap_err()
+    }
+
+    #[test]
+    fn rejects_protocol_violations_with_rfc_codes() {
+        assert_eq!(violation(&client_frame(0x81, b"x", None), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x83, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x8B, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0xA1, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0xC1, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x09, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x89, &[0; 126], MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x80, b"x", MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x88, &[3], MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x88, &[0x03, 0xED], MASK), LIMITS).code, 1002);
+        assert_eq!(violation(&client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK), LIMITS).code, 1007);
+        assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).code, 1009);
+        let mut two = client_frame(0x01, b"a", MASK);
+        two.extend(client_frame(0x81, b"b", MASK));
+        assert_eq!(violation(&two, LIMITS).code, 1002);
+        // Fragments together over the limit.
+        let mut big = client_frame(0x02, &[0; 600], MASK);
+        big.extend(client_frame(0x80, &[0; 600], MASK));
+        assert_eq!(violation(&big, LIMITS).code, 1009);
+    }
+
+    #[test]
+    fn rsv1_only_with_deflate_and_only_on_first_frame() {
+        let deflate = ReaderLimits { deflate: true, ..LIMITS };
+        let (ev, res) = feed_all(&mut FrameReader::default(), &[&client_frame(0xC1, b"z", MASK)], deflate);
+        res.unwrap();
+        assert_eq!(ev, vec![Owned::Msg(MessageKind::Text, true, b"z".to_vec())]);
+        let mut cont = client_frame(0x41, b"z", MASK);
+        cont.extend(client_frame(0xC0, b"z", MASK));
+        assert_eq!(violation(&cont, deflate).code, 1002);
+    }
+
+    #[test]
+    fn mask_matches_bytewise_xor() {
+        let mask = [0xA1, 0x02, 0xF3, 0x44];
+        for len in 0..40 {
+            let orig: Vec<u8> = (0..len as u8).collect();
+            let mut fast = orig.clone();
+            apply_mask(&mut fast, mask);
+            let slow: Vec<u8> = orig.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            assert_eq!(fast, slow);
+        }
+    }
+}

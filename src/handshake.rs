@@ -1,0 +1,322 @@
+//! The HTTP/1.1 upgrade (RFC 6455 §4.2) and permessage-deflate negotiation (RFC 7692 §7.1).
+//!
+//! Pure functions over bytes: [`parse_request`] decides, from a buffered request head,
+//! whether it is a valid upgrade to this server's WebSocket path and what it asks for;
+//! [`HandshakeError`] carries the HTTP status every refusal gets. The connection module does
+//! the IO. Nothing here allocates per byte read and nothing panics on client input.
+
+use crate::channel::{ChannelName, ChannelNameError};
+
+/// Largest request head accepted; past it the client gets 431.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// What the handshake checks need from the configuration.
+#[derive(Debug, Clone)]
+pub struct HandshakeConfig {
+    pub path: String,
+    pub max_channels: usize,
+    pub deflate: bool,
+}
+
+/// A valid upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The `Sec-WebSocket-Accept` value for the response.
+    pub accept: String,
+    /// Channels asked for (deduplicated, in order; the broadcast channel is implicit).
+    pub channels: Vec<ChannelName>,
+    /// permessage-deflate was offered acceptably and will be used.
+    pub deflate: bool,
+}
+
+/// Why an upgrade was refused; each maps to one HTTP status and one metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed: use GET")]
+    MethodNotAllowed,
+    #[error("this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade")]
+    UpgradeRequired,
+    #[error("unsupported Sec-WebSocket-Version: only 13 is supported")]
+    BadVersion,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("server at its connection limit, try again later")]
+    OverCapacity,
+    #[error("server is shutting down")]
+    Draining,
+}
+
+impl HandshakeError {
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            HandshakeError::NotFound => (404, "Not Found"),
+            HandshakeError::MethodNotAllowed => (405, "Method Not Allowed"),
+            HandshakeError::UpgradeRequired | HandshakeError::BadVersion => (426, "Upgrade Required"),
+            HandshakeError::BadRequest(_) => (400, "Bad Request"),
+            HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+        }
+    }
+
+    /// The full HTTP response sent before closing the connection.
+    pub fn response(&self) -> Vec<u8> {
+        let (code, text) = self.status();
+        let body = format!("{self}\n");
+        let mut extra = String::new();
+        match self {
+            HandshakeError::BadVersion => extra.push_str("Sec-WebSocket-Version: 13\r\n"),
+            HandshakeError::UpgradeRequired => extra.push_str("Upgrade: websocket\r\n"),
+            HandshakeError::MethodNotAllowed => extra.push_str("Allow: GET\r\n"),
+            HandshakeError::OverCapacity | HandshakeError::Draining => extra.push_str("Retry-After: 5\r\n"),
+            _ => {}
+        }
+        format!(
+            "HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> HandshakeError {
+    HandshakeError::BadRequest(msg.into())
+}
+
+/// Parses a request head from `buf`. `Ok(None)`: incomplete, read more. On success also
+/// returns how many bytes the head used (a client may send frames right behind it).
+pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrade, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD_BYTES { Err(HandshakeError::HeadTooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadTooLarge),
+        Err(e) => return Err(bad(format!("malformed request: {e}"))),
+    };
+    if used > MAX_HEAD_BYTES {
+        return Err(HandshakeError::HeadTooLarge);
+    }
+    let target = req.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != cfg.path {
+        return Err(HandshakeError::NotFound);
+    }
+    if req.method != Some("GET") {
+        return Err(HandshakeError::MethodNotAllowed); // §4.2.1 item 1
+    }
+    if req.version != Some(1) {
+        return Err(bad("WebSocket needs HTTP/1.1"));
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let header = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
+    };
+    let has_token = |name: &'static str, token: &str| {
+        header(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err(HandshakeError::UpgradeRequired); // §4.2.1 items 3, 4
+    }
+    if header("Sec-WebSocket-Version").next().map(str::trim) != Some("13") {
+        return Err(HandshakeError::BadVersion); // §4.2.2 item 4
+    }
+    let key = header("Sec-WebSocket-Key").next().map(str::trim).unwrap_or("");
+    if !valid_key(key) {
+        return Err(bad("missing or invalid Sec-WebSocket-Key")); // §4.2.1 item 5
+    }
+    let channels = parse_channels(query, cfg.max_channels)?;
+    let deflate = cfg.deflate && header("Sec-WebSocket-Extensions").any(accept_deflate_offers);
+    Ok(Some((Upgrade { accept: tungstenite::handshake::derive_accept_key(key.as_bytes()), channels, deflate }, used)))
+}
+
+/// A key is the base64 of 16 bytes: 24 characters ending in "==".
+fn valid_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// Reads `channels=a,b` from the query string; other parameters are ignored.
+fn parse_channels(query: &str, max: usize) -> Result<Vec<ChannelName>, HandshakeError> {
+    let mut out: Vec<ChannelName> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "channels" {
+            continue;
+        }
+        let v = percent_decode(v).ok_or_else(|| bad("channels: bad percent-encoding"))?;
+        for name in v.split(',').filter(|n| !n.is_empty()) {
+            let ch = ChannelName::parse(name).map_err(|e: ChannelNameError| {
+                let shown: String = name.chars().take(80).collect();
+                bad(format!("bad channel name {shown:?}: {e}"))
+            })?;
+            if !out.contains(&ch) {
+                out.push(ch);
+            }
+            if out.len() > max {
+                return Err(bad(format!("too many channels: at most {max} per connection")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether one `Sec-WebSocket-Extensions` header holds a permessage-deflate offer we can
+/// honour (RFC 7692 §7.1). We always answer with both no-context-takeover parameters, so
+/// the only offer we must decline is one that limits our window below 15 bits (our one
+/// shared compressed payload uses a 15-bit window) or carries parameters we don't know.
+fn accept_deflate_offers(header: &str) -> bool {
+    header.split(',').any(|offer| {
+        let mut parts = offer.split(';').map(str::trim);
+        if !parts.next().is_some_and(|n| n.eq_ignore_ascii_case("permessage-deflate")) {
+            return false;
+        }
+        parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            let value = value.trim().trim_matches('"');
+            match name.trim().to_ascii_lowercase().as_str() {
+                "server_no_context_takeover" | "client_no_context_takeover" => value.is_empty(),
+                // Any client window works: our inflater accepts every window size.
+                "client_max_window_bits" => value.is_empty() || matches!(value.parse::<u8>(), Ok(8..=15)),
+                "server_max_window_bits" => value == "15",
+                _ => false,
+            }
+        })
+    })
+}
+
+/// The `101 Switching Protocols` response for an accepted upgrade.
+pub fn response_101(up: &Upgrade) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        up.accept
+    );
+    if up.deflate {
+        r.push_str(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n",
+        );
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HandshakeConfig {
+        HandshakeConfig { path: "/ws".into(), max_channels: 3, deflate: true }
+    }
+
+    fn req(target: &str, extra: &str) -> String {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn parse(s: &str) -> Result<Option<(Upgrade, usize)>, HandshakeError> {
+        parse_request(s.as_bytes(), &cfg())
+    }
+
+    #[test]
+    fn accepts_rfc_example() {
+        let (up, used) = parse(&req("/ws?channels=flights,gates,flights", "")).unwrap().unwrap();
+        assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="); // RFC 6455 §1.3
+        assert_eq!(used, req("/ws", "").len() + "?channels=flights,gates,flights".len());
+        let names: Vec<_> = up.channels.iter().map(|c| c.as_str().to_string()).collect();
+        assert_eq!(names, ["flights", "gates"]);
+        assert!(!up.deflate);
+        let resp = String::from_utf8(response_101(&up)).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 101 "));
+        assert!(!resp.contains("Extensions"));
+    }
+
+    #[test]
+    fn incomplete_head_waits_then_431() {
+        assert_eq!(parse("GET /ws HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        let huge = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse(&huge), Err(HandshakeError::HeadTooLarge));
+    }
+
+    #[test]
+    fn refusals_map_to_statuses() {
+        assert_eq!(parse(&req("/other", "")).unwrap_err().status().0, 404);
+        assert_eq!(parse(&req("/ws", "").replacen("GET", "POST", 1)).unwrap_err().status().0, 405);
+        let plain = "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(parse(plain).unwrap_err(), HandshakeError::UpgradeRequired);
+        let v8 = req("/ws", "").replace("Version: 13", "Version: 8");
+        let e = parse(&v8).unwrap_err();
+        assert_eq!(e, HandshakeError::BadVersion);
+        assert!(String::from_utf8(e.response()).unwrap().contains("Sec-WebSocket-Version: 13\r\n"));
+        let nokey = req("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(parse(&nokey).unwrap_err().status().0, 400);
+        assert_eq!(parse("GARBAGE\0\r\n\r\n").unwrap_err().status().0, 400);
+    }
+
+    #[test]
+    fn channel_errors_say_why() {
+        let e = parse(&req("/ws?channels=ok,bad%20name", "")).unwrap_err();
+        assert_eq!(e.status().0, 400);
+        assert!(e.to_string().contains("bad name"), "{e}");
+        assert!(e.to_string().contains("outside"), "{e}");
+        let e = parse(&req("/ws?channels=a,b,c,d", "")).unwrap_err();
+        assert!(e.to_string().contains("too many channels"), "{e}");
+        let (up, _) = parse(&req("/ws?channels=a%2Cb&other=1", "")).unwrap().unwrap();
+        assert_eq!(up.channels.len(), 2);
+    }
+
+    #[test]
+    fn deflate_negotiation() {
+        let ok =
+            |ext: &str| parse(&req("/ws", &format!("Sec-WebSocket-Extensions: {ext}\r\n"))).unwrap().unwrap().0.deflate;
+        assert!(ok("permessage-deflate"));
+        assert!(ok("permessage-deflate; client_max_window_bits"));
+        assert!(ok("permessage-deflate; server_no_context_takeover; client_max_window_bits=10"));
+        assert!(!ok("permessage-deflate; server_max_window_bits=10"));
+        assert!(ok("permessage-deflate; server_max_window_bits=10, permessage-deflate"));
+        assert!(!ok("x-webkit-deflate-frame"));
+        assert!(!ok("permessage-deflate; unknown_param"));
+        let (up, _) = parse(&req("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n")).unwrap().unwrap();
+        let resp = String::from_utf8(response_101(&up)).unwrap();
+        assert!(resp.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ));
+        let off = HandshakeConfig { deflate: false, ..cfg() };
+        let r = req("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert!(!parse_request(r.as_bytes(), &off).unwrap().unwrap().0.deflate);
+    }
+}

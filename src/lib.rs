@@ -1,0 +1,20 @@
+//! crier: a thread-per-core WebSocket broadcast server.
+//!
+//! See ARCHITECTURE.md for the map. The binary (`main.rs`) only dispatches subcommands.
+
+pub mod admin;
+pub mod channel;
+pub mod check;
+pub mod config;
+pub mod conn;
+pub mod deflate;
+pub mod frame;
+pub mod handshake;
+pub mod hub;
+pub mod metrics;
+pub mod notify;
+pub mod outbound;
+pub mod publish;
+pub mod server;
+pub mod shard;
+pub mod sockio;

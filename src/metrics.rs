@@ -1,0 +1,256 @@
+//! Counters and gauges, and their Prometheus text rendering.
+//!
+//! Each shard writes only its own [`ShardMetrics`] (cache-line aligned, so shards never
+//! share a line); the hub and the publishers write the global counters. Everything is a
+//! relaxed atomic: /metrics reads a consistent-enough snapshot without stopping anyone.
+//! The delivery-latency histogram is kept per shard in an hdrhistogram that the shard
+//! merges into its shared copy once per sweep, so the write path takes no lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use hdrhistogram::Histogram;
+
+macro_rules! labelled {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn label(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+labelled!(
+    /// Why an upgrade was refused.
+    RefuseReason {
+        NotFound => "not_found",
+        MethodNotAllowed => "method_not_allowed",
+        UpgradeRequired => "upgrade_required",
+        BadRequest => "bad_request",
+        HeaderTooLarge => "header_too_large",
+        OverCapacity => "over_capacity",
+        Draining => "draining",
+        HandshakeTimeout => "handshake_timeout",
+    }
+);
+
+labelled!(
+    /// Why a WebSocket connection ended.
+    CloseReason {
+        Client => "client",
+        ProtocolError => "protocol_error",
+        InvalidUtf8 => "invalid_utf8",
+        MessageTooBig => "message_too_big",
+        SlowConsumer => "slow_consumer",
+        IdleTimeout => "idle_timeout",
+        Shutdown => "shutdown",
+        IoError => "io_error",
+    }
+);
+
+labelled!(
+    /// Why a publish was refused.
+    PublishError {
+        UnknownCommand => "unknown_command",
+        BadChannel => "bad_channel",
+        BadType => "bad_type",
+        InvalidUtf8 => "invalid_utf8",
+        MalformedLength => "malformed_length",
+        TooLarge => "too_large",
+        LineTooLong => "line_too_long",
+        MissingCrlf => "missing_crlf",
+        ShuttingDown => "shutting_down",
+    }
+);
+
+/// Latency buckets in seconds for `crier_delivery_latency_seconds`.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Counters written only by one shard.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ShardMetrics {
+    pub connections: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub frames_written: AtomicU64,
+    pub bytes_plain: AtomicU64,
+    pub bytes_deflate: AtomicU64,
+    pub client_messages: AtomicU64,
+    pub refused: [AtomicU64; 8],
+    pub closed: [AtomicU64; 8],
+    /// Cumulative delivery latency in microseconds, merged from the shard's local copy.
+    pub latency: Mutex<Option<Histogram<u64>>>,
+}
+
+/// Everything /metrics reports.
+pub struct Metrics {
+    pub shards: Vec<ShardMetrics>,
+    pub messages_published: AtomicU64,
+    pub publish_errors: [AtomicU64; 9],
+    pub publishers: AtomicUsize,
+    pub frames_encoded: AtomicU64,
+    pub compressions: AtomicU64,
+    pub driver: OnceLock<&'static str>,
+    pub draining: AtomicBool,
+    /// Open connections over all shards (checked against --max-connections).
+    pub open_connections: AtomicUsize,
+    /// Open connections that negotiated permessage-deflate (the hub compresses only if > 0).
+    pub deflate_connections: AtomicUsize,
+}
+
+/// A fresh latency histogram: 1 µs to 1 hour, 3 significant digits.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            messages_published: AtomicU64::new(0),
+            publish_errors: Default::default(),
+            publishers: AtomicUsize::new(0),
+            frames_encoded: AtomicU64::new(0),
+            compressions: AtomicU64::new(0),
+            driver: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            open_connections: AtomicUsize::new(0),
+            deflate_connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn publish_error(&self, e: PublishError) {
+        self.publish_errors[e as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(8 * 1024);
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let per_shard = |o: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&ShardMetrics) -> u64| {
+            head(o, name, kind, help);
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s));
+            }
+        };
+        per_shard(&mut o, "crier_connections", "gauge", "Open WebSocket connections.", &|s| {
+            s.connections.load(Relaxed) as u64
+        });
+        per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
+            s.accepted.load(Relaxed)
+        });
+        head(&mut o, "crier_connections_refused_total", "counter", "Upgrades refused, by reason.");
+        for r in RefuseReason::ALL {
+            let v: u64 = self.shards.iter().map(|s| s.refused[*r as usize].load(Relaxed)).sum();
+            let _ = writeln!(o, "crier_connections_refused_total{{reason=\"{}\"}} {v}", r.label());
+        }
+        head(&mut o, "crier_connections_closed_total", "counter", "Connections closed, by reason.");
+        for r in CloseReason::ALL {
+            let v: u64 = self.shards.iter().map(|s| s.closed[*r as usize].load(Relaxed)).sum();
+            let _ = writeln!(o, "crier_connections_closed_total{{reason=\"{}\"}} {v}", r.label());
+        }
+        let slow: u64 = self.shards.iter().map(|s| s.closed[CloseReason::SlowConsumer as usize].load(Relaxed)).sum();
+        head(
+            &mut o,
+            "crier_slow_consumer_closes_total",
+            "counter",
+            "Connections closed for passing --max-queue-bytes.",
+        );
+        let _ = writeln!(o, "crier_slow_consumer_closes_total {slow}");
+        let client: u64 = self.shards.iter().map(|s| s.client_messages.load(Relaxed)).sum();
+        head(&mut o, "crier_client_messages_total", "counter", "Data messages received from clients (discarded).");
+        let _ = writeln!(o, "crier_client_messages_total {client}");
+
+        head(&mut o, "crier_messages_published_total", "counter", "Publishes accepted.");
+        let _ = writeln!(o, "crier_messages_published_total {}", self.messages_published.load(Relaxed));
+        head(&mut o, "crier_publish_errors_total", "counter", "Publishes refused, by reason.");
+        for e in PublishError::ALL {
+            let _ = writeln!(
+                o,
+                "crier_publish_errors_total{{reason=\"{}\"}} {}",
+                e.label(),
+                self.publish_errors[*e as usize].load(Relaxed)
+            );
+        }
+        head(&mut o, "crier_publishers", "gauge", "Connected publishers.");
+        let _ = writeln!(o, "crier_publishers {}", self.publishers.load(Relaxed));
+        head(&mut o, "crier_frames_encoded_total", "counter", "Broadcast frames built (once per message).");
+        let _ = writeln!(o, "crier_frames_encoded_total {}", self.frames_encoded.load(Relaxed));
+        head(&mut o, "crier_compressions_total", "counter", "Broadcast payloads deflated (at most once per message).");
+        let _ = writeln!(o, "crier_compressions_total {}", self.compressions.load(Relaxed));
+        per_shard(&mut o, "crier_frames_written_total", "counter", "Frames fully written to sockets.", &|s| {
+            s.frames_written.load(Relaxed)
+        });
+        head(&mut o, "crier_bytes_written_total", "counter", "Bytes written to WebSocket clients, by encoding.");
+        let plain: u64 = self.shards.iter().map(|s| s.bytes_plain.load(Relaxed)).sum();
+        let deflate: u64 = self.shards.iter().map(|s| s.bytes_deflate.load(Relaxed)).sum();
+        let _ = writeln!(o, "crier_bytes_written_total{{encoding=\"plain\"}} {plain}");
+        let _ = writeln!(o, "crier_bytes_written_total{{encoding=\"deflate\"}} {deflate}");
+
+        head(
+            &mut o,
+            "crier_delivery_latency_seconds",
+            "histogram",
+            "Time from a publish being accepted to its frame being written to a socket.",
+        );
+        let mut total = new_latency_histogram();
+        for s in &self.shards {
+            if let Ok(guard) = s.latency.lock()
+                && let Some(h) = guard.as_ref()
+            {
+                let _ = total.add(h);
+            }
+        }
+        for b in LATENCY_BUCKETS {
+            let us = (b * 1e6) as u64;
+            let count = if total.is_empty() { 0 } else { total.count_between(0, us) };
+            let _ = writeln!(o, "crier_delivery_latency_seconds_bucket{{le=\"{b}\"}} {count}");
+        }
+        let _ = writeln!(o, "crier_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}", total.len());
+        let sum = total.mean() * total.len() as f64 / 1e6;
+        let _ = writeln!(o, "crier_delivery_latency_seconds_sum {sum}");
+        let _ = writeln!(o, "crier_delivery_latency_seconds_count {}", total.len());
+
+        head(&mut o, "crier_driver", "gauge", "1 for the io driver in use.");
+        let driver = self.driver.get().copied().unwrap_or("none");
+        for d in ["io_uring", "epoll"] {
+            let _ = writeln!(o, "crier_driver{{driver=\"{d}\"}} {}", u8::from(d == driver));
+        }
+        head(&mut o, "crier_draining", "gauge", "1 while shutting down.");
+        let _ = writeln!(o, "crier_draining {}", u8::from(self.draining.load(Relaxed)));
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new(2);
+        m.shards[1].accepted.fetch_add(3, Relaxed);
+        m.shards[0].refused[RefuseReason::HandshakeTimeout as usize].fetch_add(1, Relaxed);
+        let _ = m.driver.set("epoll");
+        let mut h = new_latency_histogram();
+        h.record(800).unwrap(); // 0.8 ms
+        *m.shards[0].latency.lock().unwrap() = Some(h);
+        let text = m.render();
+        assert!(text.contains("crier_connections_accepted_total{shard=\"1\"} 3"));
+        assert!(text.contains("crier_connections_refused_total{reason=\"handshake_timeout\"} 1"));
+        assert!(text.contains("crier_driver{driver=\"epoll\"} 1"));
+        assert!(text.contains("crier_driver{driver=\"io_uring\"} 0"));
+        assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("crier_delivery_latency_seconds_count 1"));
+    }
+}

@@ -1,0 +1,503 @@
+//! A shard: one thread pinned to one CPU, running one monoio runtime, owning one
+//! SO_REUSEPORT listener, its connections and its subscriber tables.
+//!
+//! The only thing that crosses into a shard is an `Arc<Broadcast>` from the hub (and the
+//! drain order). For each broadcast the shard wraps the encoded frame in one `Rc`, queues
+//! that `Rc` on every subscriber, then flushes each touched connection with one vectored
+//! write. One sweep task per shard sends pings, enforces the idle timeout and closes
+//! stragglers; there is no timer per connection. Nothing here takes a lock on the write path.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use monoio::net::TcpListener;
+use monoio::time::TimeDriver;
+use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
+use slab::Slab;
+
+use crate::channel::ChannelName;
+use crate::config::{Config, DriverChoice};
+use crate::conn::{self, Conn, State};
+use crate::deflate::Inflater;
+use crate::frame;
+use crate::handshake::HandshakeConfig;
+use crate::hub::{Broadcast, ShardMsg};
+use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
+use crate::outbound::{Flush, OutFrame, Written};
+
+/// Size of the per-shard read buffer every connection reads into.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Broadcasts handled before flushing, when the hub's queue has a backlog.
+const MAX_BATCH: usize = 256;
+/// A connection that has not finished its close handshake this long after our close frame
+/// is cut off.
+const CLOSE_GRACE_MS: u64 = 2_000;
+
+/// The runtime type every shard runs: io_uring or epoll, both with timers.
+pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// Whether the kernel lets this process set up an io_uring (Docker's default seccomp
+/// profile and `kernel.io_uring_disabled` do not).
+pub fn probe_io_uring() -> io::Result<()> {
+    // struct io_uring_params is 120 bytes; zeroed asks for defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes params, which is large enough.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned to us.
+    unsafe { libc::close(fd as i32) };
+    if monoio::utils::detect_uring() {
+        Ok(())
+    } else {
+        Err(io::Error::other("the kernel lacks io_uring operations monoio needs"))
+    }
+}
+
+/// Builds the runtime for `choice`; returns it with the driver's name.
+pub fn build_runtime(choice: DriverChoice) -> Result<(Runtime, &'static str), String> {
+    let uring =
+        || RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|rt| (Runtime::from(rt), "io_uring"));
+    let epoll = || {
+        RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|rt| (Runtime::from(rt), "epoll"))
+            .map_err(|e| format!("cannot start the epoll driver: {e}"))
+    };
+    match choice {
+        DriverChoice::Epoll => epoll(),
+        DriverChoice::IoUring => match probe_io_uring() {
+            Ok(()) => uring().map_err(|e| format!("cannot start the io_uring driver: {e}")),
+            Err(e) => Err(format!(
+                "--driver io-uring: io_uring is not available here ({e}); it is blocked by seccomp (e.g. Docker's default profile) or kernel.io_uring_disabled. Use --driver epoll or --driver auto"
+            )),
+        },
+        DriverChoice::Auto => match probe_io_uring() {
+            Ok(()) => uring().or_else(|e| {
+                tracing::warn!("io_uring set-up failed ({e}); falling back to epoll");
+                epoll()
+            }),
+            Err(_) => epoll(),
+        },
+    }
+}
+
+/// A shard's state, shared (`Rc`) by its tasks.
+pub struct Shard {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub handshake: HandshakeConfig,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    /// Channel → keys (in `conns`) of its subscribers. The broadcast channel has no entry:
+    /// it reaches every connection.
+    channels: RefCell<HashMap<ChannelName, Slab<usize>>>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    pub scratch: RefCell<Box<[u8]>>,
+    pub inflater: RefCell<Inflater>,
+    latency: RefCell<Histogram<u64>>,
+    ping: Rc<OutFrame>,
+    epoch: Instant,
+    pub draining: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(id: usize, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let handshake =
+            HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
+        Self {
+            id,
+            cfg,
+            metrics,
+            handshake,
+            conns: RefCell::new(Slab::new()),
+            channels: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+            inflater: RefCell::new(Inflater::new()),
+            latency: RefCell::new(new_latency_histogram()),
+            ping: OutFrame::control(frame::encode_ping().bytes().clone()),
+            epoch: Instant::now(),
+            draining: Cell::new(false),
+        }
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardMetrics {
+        &self.metrics.shards[self.id]
+    }
+
+    /// Milliseconds since the shard started: the clock of `last_seen` and friends.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn refused(&self, reason: RefuseReason) {
+        self.stats().refused[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Adds an upgraded connection to the tables.
+    pub fn register(&self, conn: &Rc<Conn>, channels: Vec<ChannelName>) {
+        let key = self.conns.borrow_mut().insert(conn.clone());
+        conn.key.set(key);
+        let mut tables = self.channels.borrow_mut();
+        let mut subs = Vec::with_capacity(channels.len());
+        for ch in channels.into_iter().filter(|c| !c.is_broadcast()) {
+            let member = tables.entry(ch.clone()).or_default().insert(key);
+            subs.push((ch, member));
+        }
+        *conn.subs.borrow_mut() = subs;
+        let stats = self.stats();
+        stats.connections.fetch_add(1, Relaxed);
+        stats.accepted.fetch_add(1, Relaxed);
+        if conn.deflate {
+            self.metrics.deflate_connections.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Takes a finished connection out of the tables.
+    pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
+        conn.abort();
+        if self.conns.borrow_mut().try_remove(conn.key.get()).is_none() {
+            return;
+        }
+        let mut tables = self.channels.borrow_mut();
+        for (ch, member) in conn.subs.borrow_mut().drain(..) {
+            if let Some(members) = tables.get_mut(&ch) {
+                members.try_remove(member);
+                if members.is_empty() {
+                    tables.remove(&ch);
+                }
+            }
+        }
+        let stats = self.stats();
+        stats.connections.fetch_sub(1, Relaxed);
+        stats.closed[reason as usize].fetch_add(1, Relaxed);
+        self.metrics.open_connections.fetch_sub(1, Relaxed);
+        if conn.deflate {
+            self.metrics.deflate_connections.fetch_sub(1, Relaxed);
+        }
+        // Free queued frames now rather than when a writer task notices.
+        conn.out.borrow_mut().discard_unsent();
+    }
+
+    fn mark_dirty(&self, conn: &Rc<Conn>) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Queues a control frame (pong) for one connection; it is flushed with the next batch.
+    pub fn enqueue_control(&self, conn: &Rc<Conn>, bytes: Bytes) {
+        conn.out.borrow_mut().push(OutFrame::control(bytes));
+        self.mark_dirty(conn);
+    }
+
+    /// Starts closing: queue a close frame, and for `hard` closes (protocol errors, slow
+    /// consumers) drop what was queued and cut the connection once the frame is out.
+    pub fn close(&self, conn: &Rc<Conn>, code: u16, reason: &str, why: CloseReason, hard: bool) {
+        if !conn.is_open() {
+            return;
+        }
+        conn.state.set(State::Closing { since: self.now_ms(), reason: why, hard });
+        let mut out = conn.out.borrow_mut();
+        if hard {
+            out.discard_unsent();
+        }
+        out.push(OutFrame::control(frame::encode_close(code, reason).bytes().clone()));
+        drop(out);
+        self.mark_dirty(conn);
+    }
+
+    /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
+    pub fn enqueue_broadcast(&self, b: &Broadcast) {
+        let plain =
+            Rc::new(OutFrame { bytes: b.plain.bytes().clone(), published_at: Some(b.published_at), deflated: false });
+        let deflated = b.deflated.as_ref().map(|f| {
+            Rc::new(OutFrame { bytes: f.bytes().clone(), published_at: Some(b.published_at), deflated: true })
+        });
+        let max = self.cfg.max_queue_bytes;
+        let conns = self.conns.borrow();
+        let mut slow: Vec<Rc<Conn>> = Vec::new();
+        let mut deliver = |conn: &Rc<Conn>| {
+            if !conn.is_open() {
+                return;
+            }
+            let f = match (&deflated, conn.deflate) {
+                (Some(d), true) => d,
+                _ => &plain,
+            };
+            let mut out = conn.out.borrow_mut();
+            // One frame always fits an empty queue; past that the bound holds.
+            if !out.is_empty() && out.queued_bytes() + f.len() > max {
+                drop(out);
+                slow.push(conn.clone());
+                return;
+            }
+            out.push(f.clone());
+            drop(out);
+            self.mark_dirty(conn);
+        };
+        if b.channel.is_broadcast() {
+            for (_, conn) in conns.iter() {
+                deliver(conn);
+            }
+        } else if let Some(members) = self.channels.borrow().get(&b.channel) {
+            for (_, key) in members.iter() {
+                if let Some(conn) = conns.get(*key) {
+                    deliver(conn);
+                }
+            }
+        }
+        drop(conns);
+        for conn in slow {
+            self.close_slow_consumer(&conn);
+        }
+    }
+
+    /// A connection whose backlog passed --max-queue-bytes: close 1008 and cut it off now,
+    /// since a client that does not read will not read our close frame either.
+    fn close_slow_consumer(&self, conn: &Rc<Conn>) {
+        self.close(
+            conn,
+            frame::close_code::POLICY_VIOLATION,
+            "slow consumer: outbound queue over max-queue-bytes",
+            CloseReason::SlowConsumer,
+            true,
+        );
+        let _ = self.flush_conn(conn);
+        conn.abort();
+    }
+
+    /// Flushes every connection that got frames since the last flush.
+    pub fn flush_dirty(&self) {
+        let mut list = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in list.drain(..) {
+            conn.dirty.set(false);
+            self.flush_conn(&conn);
+        }
+        let mut dirty = self.dirty.borrow_mut();
+        if dirty.is_empty() {
+            *dirty = list; // keep the allocation
+        }
+    }
+
+    /// Writes what the socket takes. Returns true while the connection stays blocked (a
+    /// writer task is, or now is, waiting for writability).
+    pub fn flush_conn(&self, conn: &Rc<Conn>) -> bool {
+        let mut written = Written::default();
+        let result = conn.out.borrow_mut().flush(conn.fd, &mut written, &mut self.latency.borrow_mut());
+        if written.frames > 0 {
+            let stats = self.stats();
+            stats.frames_written.fetch_add(written.frames, Relaxed);
+            if written.plain_bytes > 0 {
+                stats.bytes_plain.fetch_add(written.plain_bytes, Relaxed);
+            }
+            if written.deflate_bytes > 0 {
+                stats.bytes_deflate.fetch_add(written.deflate_bytes, Relaxed);
+            }
+        }
+        match result {
+            Ok(Flush::Done) => {
+                if !conn.is_open() {
+                    conn.close_frame_sent();
+                }
+                false
+            }
+            Ok(Flush::Blocked) => {
+                if !conn.writer_active.replace(true) {
+                    monoio::spawn(conn::writer(self.rc(), conn.clone()));
+                }
+                true
+            }
+            Err(_) => {
+                conn.abort();
+                false
+            }
+        }
+    }
+
+    fn rc(&self) -> Rc<Shard> {
+        SELF.with(|s| s.borrow().clone().expect("shard registered on its thread"))
+    }
+
+    /// Pings quiet connections, closes idle ones and stragglers, publishes the latency
+    /// histogram. Runs once per tick for the whole shard.
+    fn sweep(&self) {
+        let now = self.now_ms();
+        let ping_ms = self.cfg.ping_interval.as_millis() as u64;
+        let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
+        let mut idle = Vec::new();
+        {
+            let conns = self.conns.borrow();
+            for (_, conn) in conns.iter() {
+                match conn.state.get() {
+                    State::Open => {
+                        let seen = conn.last_seen.get();
+                        if now.saturating_sub(seen) >= idle_ms {
+                            idle.push(conn.clone());
+                        } else if now.saturating_sub(seen.max(conn.last_ping.get())) >= ping_ms {
+                            conn.last_ping.set(now);
+                            conn.out.borrow_mut().push(self.ping.clone());
+                            self.mark_dirty(conn);
+                        } else if !conn.writer_active.get() {
+                            conn.out.borrow_mut().shrink_idle();
+                        }
+                    }
+                    State::Closing { since, .. } => {
+                        if now.saturating_sub(since) >= CLOSE_GRACE_MS {
+                            conn.abort();
+                        }
+                    }
+                }
+            }
+        }
+        for conn in idle {
+            self.close(&conn, frame::close_code::GOING_AWAY, "idle timeout", CloseReason::IdleTimeout, false);
+        }
+        self.flush_dirty();
+        self.inflater.borrow_mut().shrink();
+        let mut local = self.latency.borrow_mut();
+        if !local.is_empty()
+            && let Ok(mut shared) = self.stats().latency.lock()
+        {
+            let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
+            local.reset();
+        }
+    }
+
+    /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
+    async fn drain(&self) {
+        self.draining.set(true);
+        let all: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in &all {
+            self.close(conn, frame::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown, false);
+        }
+        drop(all);
+        self.flush_dirty();
+        let deadline = Instant::now() + self.cfg.drain_timeout;
+        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            self.flush_dirty();
+        }
+        let left = self.conns.borrow().len();
+        if left > 0 {
+            tracing::warn!(shard = self.id, "drain timeout: cutting {left} connections");
+        }
+    }
+}
+
+thread_local! {
+    /// The shard of this thread, so a `&Shard` can spawn tasks that need an `Rc<Shard>`.
+    static SELF: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// What a shard thread reports once its runtime is up: the driver, or why it failed.
+pub type ReadyReport = Result<&'static str, String>;
+
+/// Runs a shard on the current thread until it has drained.
+pub fn run(
+    id: usize,
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    listener: std::net::TcpListener,
+    rx: flume::Receiver<ShardMsg>,
+    ready: std::sync::mpsc::Sender<ReadyReport>,
+) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if !cores.is_empty() {
+        let core = cores[id % cores.len()];
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(shard = id, "could not pin to CPU {}", core.id);
+        }
+    }
+    let (mut rt, driver) = match build_runtime(cfg.driver) {
+        Ok(built) => built,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: cannot use listener: {e}")));
+                return;
+            }
+        };
+        let shard = Rc::new(Shard::new(id, cfg, metrics));
+        SELF.with(|s| *s.borrow_mut() = Some(shard.clone()));
+        let _ = ready.send(Ok(driver));
+        monoio::spawn(accept_loop(shard.clone(), listener));
+        monoio::spawn(sweep_loop(shard.clone()));
+        while let Ok(msg) = rx.recv_async().await {
+            let mut next = Some(msg);
+            let mut batch = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ShardMsg::Broadcast(b) => shard.enqueue_broadcast(&b),
+                    ShardMsg::Drain => {
+                        shard.flush_dirty();
+                        shard.drain().await;
+                        SELF.with(|s| s.borrow_mut().take());
+                        return;
+                    }
+                }
+                batch += 1;
+                if batch < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            shard.flush_dirty();
+        }
+    });
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                monoio::spawn(conn::accept(shard.clone(), stream));
+            }
+            Err(e) => {
+                let raw = e.raw_os_error().unwrap_or(0);
+                if shard.draining.get() || raw == libc::EINVAL {
+                    break; // the listener was shut down for draining
+                }
+                if matches!(raw, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(shard = shard.id, "accept: {e}; raise RLIMIT_NOFILE or lower --max-connections");
+                        last_warn = Some(Instant::now());
+                    }
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    tracing::debug!(shard = shard.id, "accept: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_loop(shard: Rc<Shard>) {
+    let base = shard.cfg.ping_interval.min(shard.cfg.idle_timeout) / 4;
+    let tick = base.clamp(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        monoio::time::sleep(tick).await;
+        if SELF.with(|s| s.borrow().is_none()) {
+            return;
+        }
+        shard.sweep();
+    }
+}

@@ -1,0 +1,78 @@
+//! Non-blocking socket reads and writes on top of monoio's readiness futures.
+//!
+//! crier waits for readiness (`readable`/`writable`: a poll on io_uring, epoll otherwise)
+//! and then reads or writes with `MSG_DONTWAIT` itself. That keeps idle connections free
+//! of per-connection read buffers (the bytes land in a buffer the caller owns only for the
+//! moment) and works the same on both drivers: accepted sockets are blocking under io_uring.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// A socket monoio can wait on.
+pub trait Waitable: AsRawFd {
+    fn wait_writable(&self) -> impl Future<Output = io::Result<()>>;
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+impl Waitable for monoio::net::TcpStream {
+    fn wait_writable(&self) -> impl Future<Output = io::Result<()>> {
+        self.writable(false)
+    }
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> {
+        self.readable(false)
+    }
+}
+
+impl Waitable for monoio::net::UnixStream {
+    fn wait_writable(&self) -> impl Future<Output = io::Result<()>> {
+        self.writable(false)
+    }
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> {
+        self.readable(false)
+    }
+}
+
+/// Receives into `buf` without blocking (`WouldBlock` when nothing is there).
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits until readable, then receives what is there. `Ok(0)` is end of stream.
+pub async fn recv_some(sock: &impl Waitable, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match recv(sock.as_raw_fd(), buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.wait_readable().await?,
+            other => return other,
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for writability whenever the socket is full.
+pub async fn send_all(sock: &impl Waitable, mut data: &[u8]) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    while !data.is_empty() {
+        // SAFETY: data is valid for reads of data.len() bytes.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => sock.wait_writable().await?,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
