@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use monoio::net::TcpStream;
 
-use crate::channel::ChannelName;
+use crate::fanout::{Membership, Subscriber};
 use crate::frame::{self, Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
 use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::metrics::{CloseReason, RefuseReason};
@@ -39,10 +39,8 @@ pub struct Conn {
     pub stream: TcpStream,
     pub fd: RawFd,
     pub deflate: bool,
-    /// Key in the shard's connection table.
-    pub key: Cell<usize>,
-    /// (channel, key in that channel's member table).
-    pub subs: RefCell<Vec<(ChannelName, usize)>>,
+    /// Where the connection sits in the shard's subscriber tables.
+    pub membership: RefCell<Membership>,
     pub out: RefCell<OutboundQueue>,
     pub reader: RefCell<FrameReader>,
     /// Shard clock (ms) of the last byte received, and of the last ping sent.
@@ -73,6 +71,21 @@ impl Conn {
             // SAFETY: as in abort.
             unsafe { libc::shutdown(self.fd, how) };
         }
+    }
+}
+
+impl Subscriber for Conn {
+    fn outbound(&self) -> &RefCell<OutboundQueue> {
+        &self.out
+    }
+    fn wants_deflate(&self) -> bool {
+        self.deflate
+    }
+    fn is_open(&self) -> bool {
+        Conn::is_open(self)
+    }
+    fn dirty_flag(&self) -> &Cell<bool> {
+        &self.dirty
     }
 }
 
@@ -148,8 +161,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         stream,
         fd,
         deflate: upgrade.deflate,
-        key: Cell::new(usize::MAX),
-        subs: RefCell::new(Vec::new()),
+        membership: RefCell::new(Membership::default()),
         out: RefCell::new(OutboundQueue::default()),
         reader: RefCell::new(FrameReader::default()),
         last_seen: Cell::new(now),

@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod conn;
 pub mod deflate;
+pub mod fanout;
 pub mod frame;
 pub mod handshake;
 pub mod hub;

@@ -8,7 +8,6 @@
 //! stragglers; there is no timer per connection. Nothing here takes a lock on the write path.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,12 +19,12 @@ use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use slab::Slab;
 
 use crate::channel::ChannelName;
 use crate::config::{Config, DriverChoice};
 use crate::conn::{self, Conn, State};
 use crate::deflate::Inflater;
+use crate::fanout::{ShardFrames, Subscribers};
 use crate::frame;
 use crate::handshake::HandshakeConfig;
 use crate::hub::{Broadcast, ShardMsg};
@@ -97,10 +96,7 @@ pub struct Shard {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub handshake: HandshakeConfig,
-    conns: RefCell<Slab<Rc<Conn>>>,
-    /// Channel → keys (in `conns`) of its subscribers. The broadcast channel has no entry:
-    /// it reaches every connection.
-    channels: RefCell<HashMap<ChannelName, Slab<usize>>>,
+    subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     pub scratch: RefCell<Box<[u8]>>,
     pub inflater: RefCell<Inflater>,
@@ -119,8 +115,7 @@ impl Shard {
             cfg,
             metrics,
             handshake,
-            conns: RefCell::new(Slab::new()),
-            channels: RefCell::new(HashMap::new()),
+            subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             inflater: RefCell::new(Inflater::new()),
@@ -147,15 +142,8 @@ impl Shard {
 
     /// Adds an upgraded connection to the tables.
     pub fn register(&self, conn: &Rc<Conn>, channels: Vec<ChannelName>) {
-        let key = self.conns.borrow_mut().insert(conn.clone());
-        conn.key.set(key);
-        let mut tables = self.channels.borrow_mut();
-        let mut subs = Vec::with_capacity(channels.len());
-        for ch in channels.into_iter().filter(|c| !c.is_broadcast()) {
-            let member = tables.entry(ch.clone()).or_default().insert(key);
-            subs.push((ch, member));
-        }
-        *conn.subs.borrow_mut() = subs;
+        let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
+        *conn.membership.borrow_mut() = membership;
         let stats = self.stats();
         stats.connections.fetch_add(1, Relaxed);
         stats.accepted.fetch_add(1, Relaxed);
@@ -167,17 +155,9 @@ impl Shard {
     /// Takes a finished connection out of the tables.
     pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
         conn.abort();
-        if self.conns.borrow_mut().try_remove(conn.key.get()).is_none() {
+        let membership = std::mem::take(&mut *conn.membership.borrow_mut());
+        if !self.subscribers.borrow_mut().remove(membership) {
             return;
-        }
-        let mut tables = self.channels.borrow_mut();
-        for (ch, member) in conn.subs.borrow_mut().drain(..) {
-            if let Some(members) = tables.get_mut(&ch) {
-                members.try_remove(member);
-                if members.is_empty() {
-                    tables.remove(&ch);
-                }
-            }
         }
         let stats = self.stats();
         stats.connections.fetch_sub(1, Relaxed);
@@ -220,45 +200,9 @@ impl Shard {
 
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
     pub fn enqueue_broadcast(&self, b: &Broadcast) {
-        let plain =
-            Rc::new(OutFrame { bytes: b.plain.bytes().clone(), published_at: Some(b.published_at), deflated: false });
-        let deflated = b.deflated.as_ref().map(|f| {
-            Rc::new(OutFrame { bytes: f.bytes().clone(), published_at: Some(b.published_at), deflated: true })
-        });
-        let max = self.cfg.max_queue_bytes;
-        let conns = self.conns.borrow();
-        let mut slow: Vec<Rc<Conn>> = Vec::new();
-        let mut deliver = |conn: &Rc<Conn>| {
-            if !conn.is_open() {
-                return;
-            }
-            let f = match (&deflated, conn.deflate) {
-                (Some(d), true) => d,
-                _ => &plain,
-            };
-            let mut out = conn.out.borrow_mut();
-            // One frame always fits an empty queue; past that the bound holds.
-            if !out.is_empty() && out.queued_bytes() + f.len() > max {
-                drop(out);
-                slow.push(conn.clone());
-                return;
-            }
-            out.push(f.clone());
-            drop(out);
-            self.mark_dirty(conn);
-        };
-        if b.channel.is_broadcast() {
-            for (_, conn) in conns.iter() {
-                deliver(conn);
-            }
-        } else if let Some(members) = self.channels.borrow().get(&b.channel) {
-            for (_, key) in members.iter() {
-                if let Some(conn) = conns.get(*key) {
-                    deliver(conn);
-                }
-            }
-        }
-        drop(conns);
+        let frames = ShardFrames::new(b);
+        let mut slow = Vec::new();
+        self.subscribers.borrow().deliver(&frames, self.cfg.max_queue_bytes, &mut self.dirty.borrow_mut(), &mut slow);
         for conn in slow {
             self.close_slow_consumer(&conn);
         }
@@ -338,8 +282,8 @@ impl Shard {
         let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
         let mut idle = Vec::new();
         {
-            let conns = self.conns.borrow();
-            for (_, conn) in conns.iter() {
+            let subscribers = self.subscribers.borrow();
+            for conn in subscribers.iter() {
                 match conn.state.get() {
                     State::Open => {
                         let seen = conn.last_seen.get();
@@ -378,18 +322,18 @@ impl Shard {
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
     async fn drain(&self) {
         self.draining.set(true);
-        let all: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        let all: Vec<Rc<Conn>> = self.subscribers.borrow().iter().cloned().collect();
         for conn in &all {
             self.close(conn, frame::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown, false);
         }
         drop(all);
         self.flush_dirty();
         let deadline = Instant::now() + self.cfg.drain_timeout;
-        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+        while !self.subscribers.borrow().is_empty() && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
             self.flush_dirty();
         }
-        let left = self.conns.borrow().len();
+        let left = self.subscribers.borrow().len();
         if left > 0 {
             tracing::warn!(shard = self.id, "drain timeout: cutting {left} connections");
         }

@@ -1,0 +1,79 @@
+//! Fan-out of one broadcast into 10,000 connection queues inside a shard, without sockets:
+//! the shard's real `Subscribers::deliver` over connections that only lack a socket.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crier::channel::ChannelName;
+use crier::fanout::{ShardFrames, Subscriber, Subscribers};
+use crier::frame::{MessageKind, encode_data};
+use crier::hub::Broadcast;
+use crier::outbound::OutboundQueue;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+#[derive(Default)]
+struct Conn {
+    out: RefCell<OutboundQueue>,
+    dirty: Cell<bool>,
+}
+
+impl Subscriber for Conn {
+    fn outbound(&self) -> &RefCell<OutboundQueue> {
+        &self.out
+    }
+    fn wants_deflate(&self) -> bool {
+        false
+    }
+    fn is_open(&self) -> bool {
+        true
+    }
+    fn dirty_flag(&self) -> &Cell<bool> {
+        &self.dirty
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout_one_message");
+    for (n, channel) in [(10_000usize, "*"), (10_000, "flights")] {
+        let mut subs = Subscribers::default();
+        let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();
+        for (i, conn) in conns.iter().enumerate() {
+            // Half the connections follow "flights"; everyone hears "*".
+            let chans = if i % 2 == 0 { vec![ChannelName::parse("flights").unwrap()] } else { vec![] };
+            subs.insert(conn.clone(), chans);
+        }
+        let b = Broadcast {
+            channel: ChannelName::parse(channel).unwrap(),
+            seq: 1,
+            plain: encode_data(MessageKind::Text, &[b'x'; 256], false),
+            deflated: None,
+            published_at: Instant::now(),
+        };
+        let receivers = subs.subscribers_of(&b.channel) as u64;
+        g.throughput(Throughput::Elements(receivers));
+        g.bench_function(BenchmarkId::new(format!("{n}_conns"), channel), |bench| {
+            let mut dirty = Vec::with_capacity(n);
+            let mut slow = Vec::new();
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let frames = ShardFrames::new(&b);
+                    subs.deliver(&frames, 1 << 20, &mut dirty, &mut slow);
+                    total += start.elapsed();
+                    // Untimed: what the flush would do, so queues don't grow between rounds.
+                    for conn in dirty.drain(..) {
+                        conn.dirty.set(false);
+                        conn.out.borrow_mut().discard_unsent();
+                    }
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -1,0 +1,230 @@
+//! A shard's subscriber tables and the fan-out of one broadcast into subscribers' queues.
+//!
+//! Kept apart from the shard's IO so that the hot loop — an `Rc` clone pushed onto every
+//! subscriber's bounded queue — can be benchmarked without sockets (benches/fanout.rs).
+//! Generic over the connection type through [`Subscriber`]; the shard uses `conn::Conn`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use slab::Slab;
+
+use crate::channel::ChannelName;
+use crate::hub::Broadcast;
+use crate::outbound::{OutFrame, OutboundQueue};
+
+/// What fan-out needs from a connection.
+pub trait Subscriber {
+    fn outbound(&self) -> &RefCell<OutboundQueue>;
+    fn wants_deflate(&self) -> bool;
+    fn is_open(&self) -> bool;
+    /// Set while the connection is on the shard's list of connections to flush.
+    fn dirty_flag(&self) -> &Cell<bool>;
+}
+
+/// Every connection of a shard, and who listens to which channel.
+pub struct Subscribers<C> {
+    conns: Slab<Rc<C>>,
+    /// Channel → keys in `conns`. The broadcast channel has no entry: it reaches everyone.
+    channels: HashMap<ChannelName, Slab<usize>>,
+}
+
+impl<C> Default for Subscribers<C> {
+    fn default() -> Self {
+        Self { conns: Slab::new(), channels: HashMap::new() }
+    }
+}
+
+/// Where a connection sits in the tables, to take it out again in O(1).
+#[derive(Debug, Default)]
+pub struct Membership {
+    pub key: usize,
+    pub channels: Vec<(ChannelName, usize)>,
+}
+
+impl<C: Subscriber> Subscribers<C> {
+    pub fn insert(&mut self, conn: Rc<C>, channels: Vec<ChannelName>) -> Membership {
+        let key = self.conns.insert(conn);
+        let channels = channels
+            .into_iter()
+            .filter(|c| !c.is_broadcast())
+            .map(|ch| {
+                let member = self.channels.entry(ch.clone()).or_default().insert(key);
+                (ch, member)
+            })
+            .collect();
+        Membership { key, channels }
+    }
+
+    /// Removes a connection; false if it was already gone.
+    pub fn remove(&mut self, membership: Membership) -> bool {
+        if self.conns.try_remove(membership.key).is_none() {
+            return false;
+        }
+        for (ch, member) in membership.channels {
+            if let Some(members) = self.channels.get_mut(&ch) {
+                members.try_remove(member);
+                if members.is_empty() {
+                    self.channels.remove(&ch);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<C>> {
+        self.conns.iter().map(|(_, c)| c)
+    }
+
+    /// Subscribers of a channel (everyone for the broadcast channel).
+    pub fn subscribers_of(&self, channel: &ChannelName) -> usize {
+        if channel.is_broadcast() { self.conns.len() } else { self.channels.get(channel).map_or(0, |m| m.len()) }
+    }
+
+    /// Queues a broadcast on each open subscriber of its channel. Connections that got a
+    /// frame are added to `dirty` (once); those whose queue would pass `max_queue` bytes
+    /// get nothing and are added to `slow`. One frame always fits an empty queue.
+    pub fn deliver(&self, frames: &ShardFrames, max_queue: usize, dirty: &mut Vec<Rc<C>>, slow: &mut Vec<Rc<C>>) {
+        let mut deliver = |conn: &Rc<C>| {
+            if !conn.is_open() {
+                return;
+            }
+            let f = match (&frames.deflated, conn.wants_deflate()) {
+                (Some(d), true) => d,
+                _ => &frames.plain,
+            };
+            let mut out = conn.outbound().borrow_mut();
+            if !out.is_empty() && out.queued_bytes() + f.len() > max_queue {
+                drop(out);
+                slow.push(conn.clone());
+                return;
+            }
+            out.push(f.clone());
+            drop(out);
+            if !conn.dirty_flag().replace(true) {
+                dirty.push(conn.clone());
+            }
+        };
+        if frames.channel.is_broadcast() {
+            self.conns.iter().for_each(|(_, c)| deliver(c));
+        } else if let Some(members) = self.channels.get(&frames.channel) {
+            for (_, key) in members.iter() {
+                if let Some(conn) = self.conns.get(*key) {
+                    deliver(conn);
+                }
+            }
+        }
+    }
+}
+
+/// A broadcast as one shard holds it: its frames behind shard-local `Rc`s, so that each
+/// delivery is a non-atomic refcount bump.
+pub struct ShardFrames {
+    pub channel: ChannelName,
+    pub plain: Rc<OutFrame>,
+    pub deflated: Option<Rc<OutFrame>>,
+}
+
+impl ShardFrames {
+    pub fn new(b: &Broadcast) -> Self {
+        let wrap = |bytes: &bytes::Bytes, deflated| {
+            Rc::new(OutFrame { bytes: bytes.clone(), published_at: Some(b.published_at), deflated })
+        };
+        Self {
+            channel: b.channel.clone(),
+            plain: wrap(b.plain.bytes(), false),
+            deflated: b.deflated.as_ref().map(|f| wrap(f.bytes(), true)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{MessageKind, encode_data};
+    use std::time::Instant;
+
+    #[derive(Default)]
+    struct Fake {
+        out: RefCell<OutboundQueue>,
+        deflate: bool,
+        closed: bool,
+        dirty: Cell<bool>,
+    }
+
+    impl Subscriber for Fake {
+        fn outbound(&self) -> &RefCell<OutboundQueue> {
+            &self.out
+        }
+        fn wants_deflate(&self) -> bool {
+            self.deflate
+        }
+        fn is_open(&self) -> bool {
+            !self.closed
+        }
+        fn dirty_flag(&self) -> &Cell<bool> {
+            &self.dirty
+        }
+    }
+
+    fn broadcast(channel: &str, deflated: bool) -> Broadcast {
+        Broadcast {
+            channel: ChannelName::parse(channel).unwrap(),
+            seq: 1,
+            plain: encode_data(MessageKind::Text, b"hello", false),
+            deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),
+            published_at: Instant::now(),
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<ChannelName> {
+        list.iter().map(|n| ChannelName::parse(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn delivers_by_channel_and_broadcast() {
+        let mut subs = Subscribers::default();
+        let a = Rc::new(Fake::default());
+        let b = Rc::new(Fake { deflate: true, ..Fake::default() });
+        let c = Rc::new(Fake { closed: true, ..Fake::default() });
+        subs.insert(a.clone(), names(&["x"]));
+        let mb = subs.insert(b.clone(), names(&["x", "y"]));
+        subs.insert(c.clone(), names(&["x"]));
+        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
+        subs.deliver(&ShardFrames::new(&broadcast("x", true)), 1 << 20, &mut dirty, &mut slow);
+        subs.deliver(&ShardFrames::new(&broadcast("y", false)), 1 << 20, &mut dirty, &mut slow);
+        subs.deliver(&ShardFrames::new(&broadcast("*", false)), 1 << 20, &mut dirty, &mut slow);
+        assert_eq!(a.out.borrow().queued_bytes(), 7 + 7);
+        assert_eq!(b.out.borrow().queued_bytes(), 4 + 7 + 7, "deflate frame for x, plain for y and *");
+        assert_eq!(c.out.borrow().queued_bytes(), 0, "closing connections get nothing");
+        assert_eq!(dirty.len(), 2, "each connection is marked dirty once");
+        assert!(slow.is_empty());
+        assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 1);
+        assert!(subs.remove(mb));
+        assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 0);
+        assert_eq!(subs.len(), 2);
+    }
+
+    #[test]
+    fn bound_marks_slow_consumers() {
+        let mut subs = Subscribers::default();
+        let a = Rc::new(Fake::default());
+        subs.insert(a.clone(), vec![]);
+        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
+        let frames = ShardFrames::new(&broadcast("*", false));
+        for _ in 0..3 {
+            subs.deliver(&frames, 15, &mut dirty, &mut slow);
+        }
+        assert_eq!(a.out.borrow().queued_bytes(), 14, "two 7-byte frames fit in 15");
+        assert_eq!(slow.len(), 1);
+    }
+}
