@@ -35,6 +35,7 @@ impl Subscriber for Conn {
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_one_message");
+    let metrics = std::sync::Arc::new(crier::metrics::Metrics::new(1));
     for (n, channel) in [(10_000usize, "*"), (10_000, "flights")] {
         let mut subs = Subscribers::default();
         let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();
@@ -43,13 +44,15 @@ fn fanout(c: &mut Criterion) {
             let chans = if i % 2 == 0 { vec![ChannelName::parse("flights").unwrap()] } else { vec![] };
             subs.insert(conn.clone(), chans);
         }
-        let b = Broadcast {
+        let b = std::sync::Arc::new(Broadcast {
             channel: ChannelName::parse(channel).unwrap(),
             seq: 1,
+            kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, &[b'x'; 256], false),
             deflated: None,
+            enveloped: Default::default(),
             published_at: Instant::now(),
-        };
+        });
         let receivers = subs.subscribers_of(&b.channel) as u64;
         g.throughput(Throughput::Elements(receivers));
         g.bench_function(BenchmarkId::new(format!("{n}_conns"), channel), |bench| {
@@ -59,7 +62,7 @@ fn fanout(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let frames = ShardFrames::new(&b);
+                    let frames = ShardFrames::new(&b, &metrics);
                     subs.deliver(&frames, 1 << 20, &mut dirty, &mut slow);
                     total += start.elapsed();
                     // Untimed: what the flush would do, so queues don't grow between rounds.

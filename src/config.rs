@@ -155,6 +155,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_DEFLATE", default_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub deflate: bool,
 
+    /// Messages each channel keeps for resume (`since=`) and `last=`.
+    #[arg(long, env = "CRIER_HISTORY_MESSAGES", default_value = "64", value_name = "N")]
+    pub history_messages: usize,
+
+    /// Bytes of encoded frames each channel's history may hold.
+    #[arg(long, env = "CRIER_HISTORY_BYTES", default_value = "1MiB", value_name = "SIZE")]
+    pub history_bytes: ByteSize,
+
+    /// How long a message stays in its channel's history.
+    #[arg(long, env = "CRIER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub history_ttl: Duration,
+
     /// Publisher Unix socket. [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock]
     #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
     pub publish_socket: Option<PathBuf>,
@@ -219,6 +231,9 @@ pub struct Config {
     pub max_client_message_bytes: usize,
     pub max_channels: usize,
     pub deflate: bool,
+    pub history_messages: usize,
+    pub history_bytes: usize,
+    pub history_ttl: Duration,
     pub publish_socket: PathBuf,
     pub publish_socket_mode: u32,
     pub admin_listen: Option<SocketAddr>,
@@ -385,6 +400,9 @@ impl ServeArgs {
             max_client_message_bytes,
             max_channels: self.max_channels,
             deflate: self.deflate,
+            history_messages: self.history_messages,
+            history_bytes: self.history_bytes.0 as usize,
+            history_ttl: self.history_ttl,
             publish_socket: self.publish_socket.unwrap_or_else(default_publish_socket),
             publish_socket_mode: self.publish_socket_mode,
             admin_listen: self.admin_listen.0,

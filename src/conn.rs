@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use monoio::net::TcpStream;
 
+use crate::channel::ChannelName;
 use crate::fanout::{Membership, Subscriber};
 use crate::frame::{self, Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
 use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
@@ -39,6 +40,10 @@ pub struct Conn {
     pub stream: TcpStream,
     pub fd: RawFd,
     pub deflate: bool,
+    /// Negotiated `crier.v1`: messages come in envelopes, gaps and resets are announced.
+    pub envelope: bool,
+    /// (channel, seq): live messages up to seq are skipped; the client already has them.
+    pub skip: RefCell<Vec<(ChannelName, u64)>>,
     /// Where the connection sits in the shard's subscriber tables.
     pub membership: RefCell<Membership>,
     pub out: RefCell<OutboundQueue>,
@@ -81,6 +86,22 @@ impl Subscriber for Conn {
     fn wants_deflate(&self) -> bool {
         self.deflate
     }
+    fn wants_envelope(&self) -> bool {
+        self.envelope
+    }
+    fn accepts(&self, channel: &ChannelName, seq: u64) -> bool {
+        let mut skip = self.skip.borrow_mut();
+        if skip.is_empty() {
+            return true;
+        }
+        if let Some(i) = skip.iter().position(|(c, _)| c == channel) {
+            if seq <= skip[i].1 {
+                return false;
+            }
+            skip.swap_remove(i);
+        }
+        true
+    }
     fn is_open(&self) -> bool {
         Conn::is_open(self)
     }
@@ -115,8 +136,8 @@ async fn read_head(shard: &Shard, stream: &TcpStream) -> Result<(handshake::Upgr
     }
 }
 
-fn refuse_reason(e: &HandshakeError) -> RefuseReason {
-    match e {
+fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
+    Some(match e {
         HandshakeError::NotFound => RefuseReason::NotFound,
         HandshakeError::MethodNotAllowed => RefuseReason::MethodNotAllowed,
         HandshakeError::UpgradeRequired | HandshakeError::BadVersion => RefuseReason::UpgradeRequired,
@@ -124,7 +145,8 @@ fn refuse_reason(e: &HandshakeError) -> RefuseReason {
         HandshakeError::HeadTooLarge => RefuseReason::HeaderTooLarge,
         HandshakeError::OverCapacity => RefuseReason::OverCapacity,
         HandshakeError::Draining => RefuseReason::Draining,
-    }
+        HandshakeError::ClientScript => return None,
+    })
 }
 
 /// Serves one accepted TCP connection: the upgrade, then (in a new, smaller task) the
@@ -161,6 +183,8 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         stream,
         fd,
         deflate: upgrade.deflate,
+        envelope: upgrade.envelope,
+        skip: RefCell::new(Vec::new()),
         membership: RefCell::new(Membership::default()),
         out: RefCell::new(OutboundQueue::default()),
         reader: RefCell::new(FrameReader::default()),
@@ -170,7 +194,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         writer_active: Cell::new(false),
         dirty: Cell::new(false),
     });
-    shard.register(&conn, upgrade.channels);
+    shard.register(&conn, upgrade);
     if !leftover.is_empty() {
         // The client sent frames right behind its request head.
         let mut leftover = leftover;
@@ -181,7 +205,9 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 async fn refuse(shard: &Shard, stream: &TcpStream, e: HandshakeError) {
-    shard.refused(refuse_reason(&e));
+    if let Some(reason) = refuse_reason(&e) {
+        shard.refused(reason);
+    }
     let response = e.response();
     let _ = monoio::time::timeout(shard.cfg.handshake_timeout, send_all(stream, &response)).await;
 }

@@ -4,20 +4,30 @@
 //! subscriber's bounded queue — can be benchmarked without sockets (benches/fanout.rs).
 //! Generic over the connection type through [`Subscriber`]; the shard uses `conn::Conn`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use slab::Slab;
 
 use crate::channel::ChannelName;
 use crate::hub::Broadcast;
+use crate::metrics::Metrics;
 use crate::outbound::{OutFrame, OutboundQueue};
 
 /// What fan-out needs from a connection.
 pub trait Subscriber {
     fn outbound(&self) -> &RefCell<OutboundQueue>;
     fn wants_deflate(&self) -> bool;
+    /// The connection negotiated `crier.v1` and gets envelopes.
+    fn wants_envelope(&self) -> bool {
+        false
+    }
+    /// False for a message the connection already has (it resumed past it).
+    fn accepts(&self, _channel: &ChannelName, _seq: u64) -> bool {
+        true
+    }
     fn is_open(&self) -> bool;
     /// Set while the connection is on the shard's list of connections to flush.
     fn dirty_flag(&self) -> &Cell<bool>;
@@ -95,13 +105,10 @@ impl<C: Subscriber> Subscribers<C> {
     /// get nothing and are added to `slow`. One frame always fits an empty queue.
     pub fn deliver(&self, frames: &ShardFrames, max_queue: usize, dirty: &mut Vec<Rc<C>>, slow: &mut Vec<Rc<C>>) {
         let mut deliver = |conn: &Rc<C>| {
-            if !conn.is_open() {
+            if !conn.is_open() || !conn.accepts(&frames.channel, frames.seq) {
                 return;
             }
-            let f = match (&frames.deflated, conn.wants_deflate()) {
-                (Some(d), true) => d,
-                _ => &frames.plain,
-            };
+            let f = frames.pick(conn.wants_envelope(), conn.wants_deflate());
             let mut out = conn.outbound().borrow_mut();
             if !out.is_empty() && out.queued_bytes() + f.len() > max_queue {
                 drop(out);
@@ -130,21 +137,48 @@ impl<C: Subscriber> Subscribers<C> {
 /// delivery is a non-atomic refcount bump.
 pub struct ShardFrames {
     pub channel: ChannelName,
+    pub seq: u64,
     pub plain: Rc<OutFrame>,
     pub deflated: Option<Rc<OutFrame>>,
+    broadcast: Arc<Broadcast>,
+    metrics: Arc<Metrics>,
+    envelope: OnceCell<(Rc<OutFrame>, Option<Rc<OutFrame>>)>,
 }
 
 impl ShardFrames {
-    pub fn new(b: &Broadcast) -> Self {
-        let wrap = |bytes: &bytes::Bytes, deflated| {
-            Rc::new(OutFrame { bytes: bytes.clone(), published_at: Some(b.published_at), deflated })
-        };
+    pub fn new(b: &Arc<Broadcast>, metrics: &Arc<Metrics>) -> Self {
         Self {
             channel: b.channel.clone(),
-            plain: wrap(b.plain.bytes(), false),
-            deflated: b.deflated.as_ref().map(|f| wrap(f.bytes(), true)),
+            seq: b.seq,
+            plain: out_frame(b, b.plain.bytes(), false),
+            deflated: b.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)),
+            broadcast: b.clone(),
+            metrics: metrics.clone(),
+            envelope: OnceCell::new(),
         }
     }
+
+    /// The frame for a connection: envelope or bare, compressed when negotiated and smaller.
+    pub fn pick(&self, envelope: bool, deflate: bool) -> &Rc<OutFrame> {
+        let (plain, deflated) = if envelope {
+            let (p, d) = self.envelope.get_or_init(|| {
+                let env = self.broadcast.envelope(&self.metrics);
+                let b = &self.broadcast;
+                (out_frame(b, env.plain.bytes(), false), env.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)))
+            });
+            (p, d.as_ref())
+        } else {
+            (&self.plain, self.deflated.as_ref())
+        };
+        match (deflated, deflate) {
+            (Some(d), true) => d,
+            _ => plain,
+        }
+    }
+}
+
+fn out_frame(b: &Broadcast, bytes: &bytes::Bytes, deflated: bool) -> Rc<OutFrame> {
+    Rc::new(OutFrame { bytes: bytes.clone(), published_at: Some(b.published_at), deflated })
 }
 
 #[cfg(test)]
@@ -176,14 +210,16 @@ mod tests {
         }
     }
 
-    fn broadcast(channel: &str, deflated: bool) -> Broadcast {
-        Broadcast {
+    fn broadcast(channel: &str, deflated: bool) -> Arc<Broadcast> {
+        Arc::new(Broadcast {
             channel: ChannelName::parse(channel).unwrap(),
             seq: 1,
+            kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"hello", false),
             deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),
+            enveloped: Default::default(),
             published_at: Instant::now(),
-        }
+        })
     }
 
     fn names(list: &[&str]) -> Vec<ChannelName> {
@@ -200,9 +236,24 @@ mod tests {
         let mb = subs.insert(b.clone(), names(&["x", "y"]));
         subs.insert(c.clone(), names(&["x"]));
         let (mut dirty, mut slow) = (Vec::new(), Vec::new());
-        subs.deliver(&ShardFrames::new(&broadcast("x", true)), 1 << 20, &mut dirty, &mut slow);
-        subs.deliver(&ShardFrames::new(&broadcast("y", false)), 1 << 20, &mut dirty, &mut slow);
-        subs.deliver(&ShardFrames::new(&broadcast("*", false)), 1 << 20, &mut dirty, &mut slow);
+        subs.deliver(
+            &ShardFrames::new(&broadcast("x", true), &Arc::new(Metrics::new(1))),
+            1 << 20,
+            &mut dirty,
+            &mut slow,
+        );
+        subs.deliver(
+            &ShardFrames::new(&broadcast("y", false), &Arc::new(Metrics::new(1))),
+            1 << 20,
+            &mut dirty,
+            &mut slow,
+        );
+        subs.deliver(
+            &ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1))),
+            1 << 20,
+            &mut dirty,
+            &mut slow,
+        );
         assert_eq!(a.out.borrow().queued_bytes(), 7 + 7);
         assert_eq!(b.out.borrow().queued_bytes(), 4 + 7 + 7, "deflate frame for x, plain for y and *");
         assert_eq!(c.out.borrow().queued_bytes(), 0, "closing connections get nothing");
@@ -220,7 +271,7 @@ mod tests {
         let a = Rc::new(Fake::default());
         subs.insert(a.clone(), vec![]);
         let (mut dirty, mut slow) = (Vec::new(), Vec::new());
-        let frames = ShardFrames::new(&broadcast("*", false));
+        let frames = ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1)));
         for _ in 0..3 {
             subs.deliver(&frames, 15, &mut dirty, &mut slow);
         }

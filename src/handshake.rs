@@ -28,7 +28,24 @@ pub struct Upgrade {
     pub channels: Vec<ChannelName>,
     /// permessage-deflate was offered acceptably and will be used.
     pub deflate: bool,
+    /// The client asked for the `crier.v1` subprotocol: envelopes and notices.
+    pub envelope: bool,
+    /// `since=<epoch>:<seq>,…`: resume each channel after the given sequence number.
+    pub since: Option<Since>,
+    /// `last=N`: start with the channel's N latest messages.
+    pub last: usize,
 }
+
+/// A resume request: the epoch the client's sequence numbers belong to, and one sequence
+/// number per requested channel, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: u64,
+    pub seqs: Vec<u64>,
+}
+
+/// The subprotocol that carries channel, sequence and epoch with each message.
+pub const SUBPROTOCOL: &str = "crier.v1";
 
 /// Why an upgrade was refused; each maps to one HTTP status and one metrics label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +66,13 @@ pub enum HandshakeError {
     OverCapacity,
     #[error("server is shutting down")]
     Draining,
+    /// Not an error: `GET /crier.js` is answered with the browser client.
+    #[error("the crier.js client")]
+    ClientScript,
 }
+
+/// The browser client, served at `GET /crier.js`.
+pub const CLIENT_SCRIPT: &str = include_str!("../clients/js/crier.js");
 
 impl HandshakeError {
     pub fn status(&self) -> (u16, &'static str) {
@@ -60,11 +83,19 @@ impl HandshakeError {
             HandshakeError::BadRequest(_) => (400, "Bad Request"),
             HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
             HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+            HandshakeError::ClientScript => (200, "OK"),
         }
     }
 
     /// The full HTTP response sent before closing the connection.
     pub fn response(&self) -> Vec<u8> {
+        if *self == HandshakeError::ClientScript {
+            return format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/javascript; charset=utf-8\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\n{CLIENT_SCRIPT}",
+                CLIENT_SCRIPT.len()
+            )
+            .into_bytes();
+        }
         let (code, text) = self.status();
         let body = format!("{self}\n");
         let mut extra = String::new();
@@ -105,6 +136,9 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     }
     let target = req.path.unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path == "/crier.js" && req.method == Some("GET") {
+        return Err(HandshakeError::ClientScript);
+    }
     if path != cfg.path {
         return Err(HandshakeError::NotFound);
     }
@@ -136,7 +170,10 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     }
     let channels = parse_channels(query, cfg.max_channels)?;
     let deflate = cfg.deflate && header("Sec-WebSocket-Extensions").any(accept_deflate_offers);
-    Ok(Some((Upgrade { accept: tungstenite::handshake::derive_accept_key(key.as_bytes()), channels, deflate }, used)))
+    let envelope = header("Sec-WebSocket-Protocol").any(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
+    let (since, last) = parse_resume(query, channels.len(), envelope)?;
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last }, used)))
 }
 
 /// A key is the base64 of 16 bytes: 24 characters ending in "==".
@@ -169,6 +206,40 @@ fn parse_channels(query: &str, max: usize) -> Result<Vec<ChannelName>, Handshake
         }
     }
     Ok(out)
+}
+
+/// Reads `since=<epoch>:<seq>,…` and `last=N` from the query string.
+fn parse_resume(query: &str, channels: usize, envelope: bool) -> Result<(Option<Since>, usize), HandshakeError> {
+    let mut since = None;
+    let mut last = 0;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| bad(format!("{k}: bad percent-encoding")))?;
+        match k {
+            "since" => {
+                if !envelope {
+                    return Err(bad(format!(
+                        "since= needs the {SUBPROTOCOL} subprotocol (Sec-WebSocket-Protocol: {SUBPROTOCOL}), which reports gaps"
+                    )));
+                }
+                let usage = || bad("since: expected <epoch>:<seq>,<seq>,… with one sequence number per channel");
+                let (epoch, seqs) = v.split_once(':').ok_or_else(usage)?;
+                let epoch = epoch.parse().map_err(|_| usage())?;
+                let seqs: Vec<u64> =
+                    seqs.split(',').map(|s| s.parse()).collect::<Result<_, _>>().map_err(|_| usage())?;
+                if seqs.len() != channels {
+                    return Err(bad(format!(
+                        "since: {} sequence numbers for {channels} channels (one per channel, in the same order)",
+                        seqs.len()
+                    )));
+                }
+                since = Some(Since { epoch, seqs });
+            }
+            "last" => last = v.parse().map_err(|_| bad(format!("last: '{v}' is not a number")))?,
+            _ => {}
+        }
+    }
+    Ok((since, last))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -225,6 +296,9 @@ pub fn response_101(up: &Upgrade) -> Vec<u8> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         up.accept
     );
+    if up.envelope {
+        r.push_str("Sec-WebSocket-Protocol: crier.v1\r\n");
+    }
     if up.deflate {
         r.push_str(
             "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n",
@@ -237,6 +311,24 @@ pub fn response_101(up: &Upgrade) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_parameters() {
+        let proto = "Sec-WebSocket-Protocol: chat, crier.v1\r\n";
+        let (up, _) = parse(&req("/ws?channels=a,b&since=1700:5,0&last=3", proto)).unwrap().unwrap();
+        assert!(up.envelope);
+        assert_eq!(up.since, Some(Since { epoch: 1700, seqs: vec![5, 0] }));
+        assert_eq!(up.last, 3);
+        assert!(String::from_utf8(response_101(&up)).unwrap().contains("Sec-WebSocket-Protocol: crier.v1\r\n"));
+        let e = parse(&req("/ws?channels=a&since=1:1", "")).unwrap_err();
+        assert!(e.to_string().contains("crier.v1"), "{e}");
+        let e = parse(&req("/ws?channels=a,b&since=1:1", proto)).unwrap_err();
+        assert!(e.to_string().contains("one per channel"), "{e}");
+        assert_eq!(parse(&req("/ws?last=x", "")).unwrap_err().status().0, 400);
+        let (up, _) = parse(&req("/ws", "")).unwrap().unwrap();
+        assert!(!up.envelope && up.since.is_none() && up.last == 0);
+        assert_eq!(parse("GET /crier.js HTTP/1.1\r\n\r\n"), Err(HandshakeError::ClientScript));
+    }
 
     fn cfg() -> HandshakeConfig {
         HandshakeConfig { path: "/ws".into(), max_channels: 3, deflate: true }
@@ -316,6 +408,7 @@ mod tests {
             "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
         ));
         let off = HandshakeConfig { deflate: false, ..cfg() };
+        let _ = &off;
         let r = req("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
         assert!(!parse_request(r.as_bytes(), &off).unwrap().unwrap().0.deflate);
     }

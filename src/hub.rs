@@ -6,10 +6,11 @@
 //! `Arc<Broadcast>` and hands that one value to every shard's queue. It never touches a
 //! socket and never copies a payload per shard or per connection.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -18,17 +19,62 @@ use crate::deflate::Compressor;
 use crate::frame::{self, Frame, MessageKind};
 use crate::metrics::Metrics;
 
+/// This run's epoch: sequence numbers are only comparable within one epoch. It is the
+/// start time in milliseconds since 1970, so it changes whenever history starts afresh.
+pub fn epoch() -> u64 {
+    static EPOCH: OnceLock<u64> = OnceLock::new();
+    *EPOCH.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64))
+}
+
 /// One published message, encoded for every subscriber.
 #[derive(Debug)]
 pub struct Broadcast {
     pub channel: ChannelName,
     pub seq: u64,
+    pub kind: MessageKind,
     /// The complete frame for connections without compression.
     pub plain: Frame,
     /// The complete RSV1 frame for permessage-deflate connections, when it is smaller.
     pub deflated: Option<Frame>,
+    /// The `crier.v1` envelope frames, built once, the first time a subscriber needs them.
+    pub enveloped: OnceLock<Enveloped>,
     /// When the publish was accepted (for the delivery-latency histogram).
     pub published_at: Instant,
+}
+
+/// A broadcast in the `crier.v1` envelope: `m <channel> <seq> <epoch>\n<payload>`.
+#[derive(Debug)]
+pub struct Enveloped {
+    pub plain: Frame,
+    pub deflated: Option<Frame>,
+}
+
+thread_local! {
+    /// Envelopes are built by the hub, or (rarely, for a subscriber that just arrived) by a
+    /// shard: each thread keeps its own compressor.
+    static COMPRESSOR: RefCell<Compressor> = RefCell::new(Compressor::new());
+}
+
+impl Broadcast {
+    /// The payload as published (a view into the plain frame, not a copy).
+    pub fn payload(&self) -> Bytes {
+        payload_of(&self.plain)
+    }
+
+    /// The envelope frames, built on first use (encoded once, compressed at most once).
+    pub fn envelope(&self, metrics: &Metrics) -> &Enveloped {
+        self.enveloped.get_or_init(|| {
+            let payload = self.payload();
+            let mut body = format!("m {} {} {}\n", self.channel, self.seq, epoch()).into_bytes();
+            body.extend_from_slice(&payload);
+            metrics.frames_encoded.fetch_add(1, Relaxed);
+            let deflated = (metrics.deflate_connections.load(Relaxed) > 0).then(|| {
+                metrics.compressions.fetch_add(1, Relaxed);
+                COMPRESSOR.with(|c| c.borrow_mut().compress(&body)).map(|z| frame::encode_data(self.kind, &z, true))
+            });
+            Enveloped { plain: frame::encode_data(self.kind, &body, false), deflated: deflated.flatten() }
+        })
+    }
 }
 
 /// What the hub sends a shard.
@@ -69,6 +115,9 @@ impl Hub {
             }
         };
         let broadcast = Arc::new(self.encode(channel, seq, kind, payload, published_at));
+        if self.metrics.envelope_connections.load(Relaxed) > 0 {
+            broadcast.envelope(&self.metrics);
+        }
         self.metrics.messages_published.fetch_add(1, Relaxed);
         for shard in &self.shards {
             // A shard that has exited (only during shutdown) just misses the message.
@@ -87,7 +136,7 @@ impl Hub {
         } else {
             None
         };
-        Broadcast { channel, seq, plain, deflated, published_at: at }
+        Broadcast { channel, seq, kind, plain, deflated, enveloped: OnceLock::new(), published_at: at }
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].

@@ -11,6 +11,7 @@ pub mod deflate;
 pub mod fanout;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod notify;

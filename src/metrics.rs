@@ -103,6 +103,13 @@ pub struct Metrics {
     pub open_connections: AtomicUsize,
     /// Open connections that negotiated permessage-deflate (the hub compresses only if > 0).
     pub deflate_connections: AtomicUsize,
+    /// Open connections that use the crier.v1 envelope (the hub builds envelopes only if > 0).
+    pub envelope_connections: AtomicUsize,
+    /// Connections that got a replay (since= or last=), and the messages replayed.
+    pub replays: AtomicU64,
+    pub messages_replayed: AtomicU64,
+    /// Resumes that history could not satisfy: [gap, reset].
+    pub resumes_unsatisfied: [AtomicU64; 2],
 }
 
 /// A fresh latency histogram: 1 µs to 1 hour, 3 significant digits.
@@ -123,6 +130,10 @@ impl Metrics {
             draining: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
             deflate_connections: AtomicUsize::new(0),
+            envelope_connections: AtomicUsize::new(0),
+            replays: AtomicU64::new(0),
+            messages_replayed: AtomicU64::new(0),
+            resumes_unsatisfied: Default::default(),
         }
     }
 
@@ -220,6 +231,18 @@ impl Metrics {
         let _ = writeln!(o, "crier_delivery_latency_seconds_sum {sum}");
         let _ = writeln!(o, "crier_delivery_latency_seconds_count {}", total.len());
 
+        head(&mut o, "crier_replays_total", "counter", "Connections that got history replayed (since= or last=).");
+        let _ = writeln!(o, "crier_replays_total {}", self.replays.load(Relaxed));
+        head(&mut o, "crier_messages_replayed_total", "counter", "Messages sent from history.");
+        let _ = writeln!(o, "crier_messages_replayed_total {}", self.messages_replayed.load(Relaxed));
+        head(&mut o, "crier_resumes_unsatisfied_total", "counter", "Resumes history could not satisfy, by reason.");
+        for (i, r) in ["gap", "reset"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "crier_resumes_unsatisfied_total{{reason=\"{r}\"}} {}",
+                self.resumes_unsatisfied[i].load(Relaxed)
+            );
+        }
         head(&mut o, "crier_driver", "gauge", "1 for the io driver in use.");
         let driver = self.driver.get().copied().unwrap_or("none");
         for d in ["io_uring", "epoll"] {

@@ -39,6 +39,8 @@ pub fn run(cfg: Config) -> ExitCode {
 
 fn start_and_serve(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
+    // Before anything can report ready: a SIGTERM from then on must drain, not kill.
+    let signals = install_signal_handlers()?;
     raise_nofile(&cfg);
     let metrics = Arc::new(Metrics::new(cfg.shards));
     let notifier = Notifier::new(cfg.notify_socket.clone());
@@ -119,7 +121,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         });
     }
 
-    let signal = wait_for_signal()?;
+    let signal = wait_for_signal(signals);
     tracing::info!("{signal}: draining (close 1001 to every client, up to {:?})", cfg.drain_timeout);
     notifier.notify("STOPPING=1");
     let deadline = Instant::now() + cfg.drain_timeout + Duration::from_secs(2);
@@ -224,12 +226,14 @@ fn control_thread(
     });
 }
 
-fn wait_for_signal() -> Result<&'static str, String> {
+fn install_signal_handlers() -> Result<signal_hook::iterator::Signals, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))?;
-    let sig = signals.forever().next().unwrap_or(SIGTERM);
-    Ok(if sig == SIGINT { "SIGINT" } else { "SIGTERM" })
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))
+}
+
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str {
+    let sig = signals.forever().next().unwrap_or(signal_hook::consts::SIGTERM);
+    if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and warns when that cannot hold

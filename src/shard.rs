@@ -26,8 +26,10 @@ use crate::conn::{self, Conn, State};
 use crate::deflate::Inflater;
 use crate::fanout::{ShardFrames, Subscribers};
 use crate::frame;
-use crate::handshake::HandshakeConfig;
-use crate::hub::{Broadcast, ShardMsg};
+use crate::frame::MessageKind;
+use crate::handshake::{HandshakeConfig, Upgrade};
+use crate::history::{self, History, Notice, Request};
+use crate::hub::{self, Broadcast, ShardMsg};
 use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
 use crate::outbound::{Flush, OutFrame, Written};
 
@@ -102,12 +104,14 @@ pub struct Shard {
     pub inflater: RefCell<Inflater>,
     latency: RefCell<Histogram<u64>>,
     ping: Rc<OutFrame>,
+    history: RefCell<History>,
     epoch: Instant,
     pub draining: Cell<bool>,
 }
 
 impl Shard {
     pub fn new(id: usize, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
         Self {
@@ -121,6 +125,7 @@ impl Shard {
             inflater: RefCell::new(Inflater::new()),
             latency: RefCell::new(new_latency_histogram()),
             ping: OutFrame::control(frame::encode_ping().bytes().clone()),
+            history: RefCell::new(History::new(limits)),
             epoch: Instant::now(),
             draining: Cell::new(false),
         }
@@ -140,8 +145,12 @@ impl Shard {
         self.stats().refused[reason as usize].fetch_add(1, Relaxed);
     }
 
-    /// Adds an upgraded connection to the tables.
-    pub fn register(&self, conn: &Rc<Conn>, channels: Vec<ChannelName>) {
+    /// Adds an upgraded connection to the tables, after queueing what it asked to have
+    /// replayed. Both happen here, on the shard's thread between two broadcasts, so the
+    /// replay and the live stream meet without a hole or a duplicate.
+    pub fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
+        let channels = std::mem::take(&mut upgrade.channels);
+        self.replay(conn, &channels, &upgrade);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
         *conn.membership.borrow_mut() = membership;
         let stats = self.stats();
@@ -149,6 +158,56 @@ impl Shard {
         stats.accepted.fetch_add(1, Relaxed);
         if conn.deflate {
             self.metrics.deflate_connections.fetch_add(1, Relaxed);
+        }
+        if conn.envelope {
+            self.metrics.envelope_connections.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Queues notices and history for `since=` / `last=`.
+    fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade) {
+        if upgrade.since.is_none() && upgrade.last == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let history = self.history.borrow();
+        let mut out = conn.out.borrow_mut();
+        let mut replayed = 0u64;
+        for (i, ch) in channels.iter().enumerate() {
+            let request = match &upgrade.since {
+                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epoch == hub::epoch() },
+                None => Request::Last(upgrade.last),
+            };
+            let plan = history.plan(ch, request, now);
+            if let Some(notice) = plan.notice {
+                let (text, slot) = match notice {
+                    Notice::Gap { from, to } => (format!("gap {ch} {from} {to} {}\n", hub::epoch()), 0),
+                    Notice::Reset => (format!("reset {ch} {}\n", hub::epoch()), 1),
+                };
+                self.metrics.resumes_unsatisfied[slot].fetch_add(1, Relaxed);
+                if conn.envelope {
+                    let f = frame::encode_data(MessageKind::Text, text.as_bytes(), false);
+                    out.push(OutFrame::control(f.bytes().clone()));
+                }
+            }
+            if let Some(seq) = plan.skip_until {
+                conn.skip.borrow_mut().push((ch.clone(), seq));
+            }
+            for b in &plan.replay {
+                let frames = ShardFrames::new(b, &self.metrics);
+                let f = frames.pick(conn.envelope, conn.deflate);
+                // Not a delivery of a fresh publish: no latency sample.
+                out.push(Rc::new(OutFrame { bytes: f.bytes.clone(), published_at: None, deflated: f.deflated }));
+                replayed += 1;
+            }
+        }
+        drop(out);
+        if replayed > 0 {
+            self.metrics.replays.fetch_add(1, Relaxed);
+            self.metrics.messages_replayed.fetch_add(replayed, Relaxed);
+        }
+        if !conn.out.borrow().is_empty() {
+            self.mark_dirty(conn);
         }
     }
 
@@ -165,6 +224,9 @@ impl Shard {
         self.metrics.open_connections.fetch_sub(1, Relaxed);
         if conn.deflate {
             self.metrics.deflate_connections.fetch_sub(1, Relaxed);
+        }
+        if conn.envelope {
+            self.metrics.envelope_connections.fetch_sub(1, Relaxed);
         }
         // Free queued frames now rather than when a writer task notices.
         conn.out.borrow_mut().discard_unsent();
@@ -199,8 +261,9 @@ impl Shard {
     }
 
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
-    pub fn enqueue_broadcast(&self, b: &Broadcast) {
-        let frames = ShardFrames::new(b);
+    pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
+        self.history.borrow_mut().record(b);
+        let frames = ShardFrames::new(b, &self.metrics);
         let mut slow = Vec::new();
         self.subscribers.borrow().deliver(&frames, self.cfg.max_queue_bytes, &mut self.dirty.borrow_mut(), &mut slow);
         for conn in slow {
@@ -310,6 +373,7 @@ impl Shard {
         }
         self.flush_dirty();
         self.inflater.borrow_mut().shrink();
+        self.history.borrow_mut().expire(Instant::now());
         let mut local = self.latency.borrow_mut();
         if !local.is_empty()
             && let Ok(mut shared) = self.stats().latency.lock()

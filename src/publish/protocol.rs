@@ -40,7 +40,7 @@ fn refuse(error: PublishError, message: String, close: bool) -> Parsed<'static> 
 
 /// Printable, bounded excerpt of client bytes for an error message.
 fn shown(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&b[..b.len().min(64)]);
+    let s = String::from_utf8_lossy(&b[..b.len().min(128)]);
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
@@ -82,7 +82,7 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Option<(Parsed<'_>, usize)> {
     {
         Some(n) => n,
         None => {
-            let msg = format!("malformed length '{}' (usage: PUB <channel> <nbytes> [text|binary])", shown(len_word));
+            let msg = format!("malformed length '{}'", shown(len_word));
             return Some((refuse(PublishError::MalformedLength, msg, true), after_line));
         }
     };
@@ -97,7 +97,7 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Option<(Parsed<'_>, usize)> {
         Some([b'\n', ..]) => end + 1,
         Some([b'\r', b'\n', ..]) => end + 2,
         Some(_) => {
-            let msg = "payload not followed by CRLF (is <nbytes> the payload's length in bytes?)".to_string();
+            let msg = "payload not followed by CRLF".to_string();
             return Some((refuse(PublishError::MissingCrlf, msg, true), end));
         }
     };
@@ -131,10 +131,7 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Option<(Parsed<'_>, usize)> {
         return Some((refuse(PublishError::BadType, msg, false), used));
     }
     if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
-        return Some((
-            refuse(PublishError::InvalidUtf8, "text payload is not valid UTF-8 (send it as binary?)".into(), false),
-            used,
-        ));
+        return Some((refuse(PublishError::InvalidUtf8, "text payload is not valid UTF-8".into(), false), used));
     }
     Some((Parsed::Publish { channel, kind, payload }, used))
 }
