@@ -1,0 +1,537 @@
+//! Command line, validation, and the plan handed to workers.
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A worker process holds at most this many sockets (the machine's hard limit is 20,000
+/// open files per process; the rest is headroom for the runtime and pipes).
+pub const MAX_SOCKETS_PER_WORKER: u64 = 19_000;
+pub const MAX_PROCS: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Connect, publish at --rate for --duration/--count, account every delivery.
+    Broadcast,
+    /// Long, low-rate broadcast; samples server RSS every --sample-interval.
+    Soak,
+    /// Connect, then every client drops and reconnects at once; then a short broadcast.
+    Storm,
+    /// Connect and hold for --duration; server RSS growth per connection.
+    Idle,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Soak => "soak",
+            Mode::Storm => "storm",
+            Mode::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "crier-load",
+    version,
+    about = "Load-test tool for crier: many WebSocket subscribers over several processes and \
+             source addresses, a publisher on a fixed timetable, one merged report.",
+    after_help = "Modes: broadcast (default), soak, storm, idle. See loadtest/README.md.\n\
+                  Exit status: 0 clean run, 2 run completed with problems (failures, loss, \
+                  duplicates, disorder, refusals), 1 could not run or hit --timeout."
+)]
+pub struct Cli {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Broadcast)]
+    pub mode: Mode,
+
+    /// crier's WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+
+    /// WebSocket connections to open (0: publish only).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: u64,
+
+    /// New connections per second, over all workers.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+
+    /// Source addresses 127.0.0.1 … 127.0.0.K to spread connections over (~28k ports each).
+    #[arg(long, default_value_t = 1)]
+    pub src_ips: u32,
+
+    /// Worker processes holding the connections (each at most 19,000).
+    #[arg(long, default_value_t = 1)]
+    pub procs: u32,
+
+    /// Offer permessage-deflate and inflate compressed messages.
+    #[arg(long)]
+    pub deflate: bool,
+
+    /// Channels to subscribe to (comma-separated); default only the broadcast channel `*`.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+
+    /// Channel to publish to [default: the first of --channels, else `*`].
+    #[arg(long)]
+    pub publish_channel: Option<String>,
+
+    /// crier's publisher Unix socket; repeat to publish every message to several crier
+    /// processes [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock].
+    #[arg(long = "publish-socket", value_name = "PATH")]
+    pub publish_sockets: Vec<PathBuf>,
+
+    /// Messages per second [default: 100; soak: 10].
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Payload size in bytes (header `seq,unix_nanos,` padded with `x`).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+
+    /// Publish binary frames instead of text.
+    #[arg(long)]
+    pub binary: bool,
+
+    /// How long to publish (idle: how long to hold) [default: 10s; soak: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Publish exactly this many messages instead of --duration [storm default: 10].
+    #[arg(long, conflicts_with = "duration")]
+    pub count: Option<u64>,
+
+    /// Server process to measure (RSS, CPU); repeat for several crier processes.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pids: Vec<u32>,
+
+    /// Soak mode: how often to sample server RSS.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub sample_interval: Duration,
+
+    /// Pin the tool and its workers to this CPU.
+    #[arg(long, value_name = "CPU")]
+    pub pin_cpu: Option<usize>,
+
+    /// Hard deadline for the whole run [default: connect time + duration + grace + 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// After the last publish, how long to wait for outstanding deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub grace: Duration,
+
+    /// Time allowed for one TCP connect plus WebSocket upgrade.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration '{s}' (e.g. 500ms, 30s, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" => v,
+        "ms" => v / 1000.0,
+        "us" | "µs" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        u => return Err(format!("invalid duration unit '{u}' in '{s}' (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration '{s}'"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn default_publish_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("crier.sock"),
+        // SAFETY: getuid cannot fail.
+        _ => PathBuf::from(format!("/tmp/crier-{}.sock", unsafe { libc::getuid() })),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+}
+
+/// Parses `ws://host[:port][/path][?query]` and refuses anything but loopback.
+pub fn parse_url(url: &str, channels: &[String]) -> Result<Target, String> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("--url {url}: only ws:// URLs are supported"))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let path = if path.starts_with('?') { format!("/{path}") } else { path };
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, p) = h.split_once(']').ok_or_else(|| format!("--url {url}: bad IPv6 literal"))?;
+        (h, p.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port: u16 = match port {
+        Some(p) => p.parse().map_err(|_| format!("--url {url}: bad port"))?,
+        None => 80,
+    };
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| format!("--url {url}: host must be a loopback IP address or localhost"))?
+    };
+    if !ip.is_loopback() {
+        return Err(format!("--url {url}: crier-load only connects to loopback addresses (127.0.0.0/8, ::1)"));
+    }
+    let mut path = path;
+    if !channels.is_empty() {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str("channels=");
+        path.push_str(&channels.join(","));
+    }
+    Ok(Target { addr: SocketAddr::new(ip, port), host_header: authority.to_string(), path })
+}
+
+pub fn check_channel(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok || name == "*" {
+        Ok(())
+    } else {
+        Err(format!("bad channel name '{name}': 1 to 64 characters from A-Z a-z 0-9 _ - . :"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishSpec {
+    pub sockets: Vec<PathBuf>,
+    pub channel: String,
+    pub binary: bool,
+    pub size: usize,
+    pub rate: f64,
+    pub count: u64,
+}
+
+impl PublishSpec {
+    /// Offset of message `seq` (1-based) from the start of publishing, in ns.
+    pub fn offset_ns(&self, seq: u64) -> u64 {
+        offset_ns(self.rate, seq)
+    }
+}
+
+pub fn offset_ns(rate: f64, seq: u64) -> u64 {
+    ((seq.saturating_sub(1)) as f64 * 1e9 / rate) as u64
+}
+
+/// Limits of the machine that validation depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub nofile_hard: u64,
+    pub ephemeral_ports: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    pub url: String,
+    pub target: Target,
+    pub connections: u64,
+    pub connect_rate: f64,
+    pub src_ips: Vec<Ipv4Addr>,
+    pub procs: u32,
+    pub deflate: bool,
+    pub channels: Vec<String>,
+    /// Connections of each worker: (first global index, count).
+    pub workers: Vec<(u64, u64)>,
+    pub publish: Option<PublishSpec>,
+    /// Idle mode: how long to hold the connections.
+    pub hold: Duration,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub connect_timeout: Duration,
+    pub sample_interval: Duration,
+    pub server_pids: Vec<u32>,
+    pub pin_cpu: Option<usize>,
+    pub json: bool,
+}
+
+impl Plan {
+    pub fn new(cli: &Cli, limits: Limits) -> Result<Plan, String> {
+        let mode = cli.mode;
+        for c in &cli.channels {
+            check_channel(c)?;
+        }
+        let target = parse_url(&cli.url, &cli.channels)?;
+        if !(cli.connect_rate > 0.0 && cli.connect_rate.is_finite()) {
+            return Err("--connect-rate must be a positive number of connections per second".into());
+        }
+        if cli.procs == 0 || cli.procs > MAX_PROCS {
+            return Err(format!("--procs must be between 1 and {MAX_PROCS}"));
+        }
+        if cli.src_ips == 0 || cli.src_ips > 254 {
+            return Err("--src-ips must be between 1 and 254 (127.0.0.1 … 127.0.0.254)".into());
+        }
+        let n = cli.connections;
+        if n == 0 && matches!(mode, Mode::Storm | Mode::Idle) {
+            return Err(format!("--mode {} needs --connections > 0", mode.name()));
+        }
+        let per_worker_max = n.div_ceil(u64::from(cli.procs));
+        let cap = MAX_SOCKETS_PER_WORKER.min(limits.nofile_hard.saturating_sub(200));
+        if per_worker_max > cap {
+            return Err(format!(
+                "{n} connections over {} worker process(es) puts {per_worker_max} sockets in one \
+                 worker, but a worker holds at most {cap} (open-files limit {}); use --procs {} \
+                 or more",
+                cli.procs,
+                limits.nofile_hard,
+                n.div_ceil(cap.max(1))
+            ));
+        }
+        let src_ips: Vec<Ipv4Addr> = if cli.src_ips == 1 && !matches!(target.addr.ip(), IpAddr::V4(_)) {
+            Vec::new()
+        } else {
+            if !matches!(target.addr.ip(), IpAddr::V4(_)) {
+                return Err("--src-ips > 1 needs an IPv4 loopback --url (127.x.x.x)".into());
+            }
+            (1..=cli.src_ips).map(|k| Ipv4Addr::new(127, 0, 0, k as u8)).collect()
+        };
+        let per_ip = n.div_ceil(u64::from(cli.src_ips));
+        let ports = limits.ephemeral_ports.saturating_sub(500);
+        if per_ip > ports {
+            return Err(format!(
+                "{n} connections over {} source address(es) needs {per_ip} local ports on one \
+                 address, but only about {ports} are available (ip_local_port_range); use \
+                 --src-ips {} or more",
+                cli.src_ips,
+                n.div_ceil(ports.max(1))
+            ));
+        }
+        let workers: Vec<(u64, u64)> = {
+            let p = u64::from(cli.procs);
+            let mut first = 0;
+            (0..p)
+                .map(|w| {
+                    let c = n / p + u64::from(w < n % p);
+                    let r = (first, c);
+                    first += c;
+                    r
+                })
+                .collect()
+        };
+
+        let rate = cli.rate.unwrap_or(if mode == Mode::Soak { 10.0 } else { 100.0 });
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err("--rate must be a positive number of messages per second".into());
+        }
+        let duration = cli.duration.unwrap_or(match mode {
+            Mode::Soak => Duration::from_secs(300),
+            _ => Duration::from_secs(10),
+        });
+        let publish = if mode == Mode::Idle {
+            None
+        } else {
+            let count = match (cli.count, cli.duration, mode) {
+                (Some(c), _, _) => c,
+                (None, None, Mode::Storm) => 10,
+                _ => (duration.as_secs_f64() * rate).round() as u64,
+            };
+            if count == 0 {
+                return Err("nothing to publish: --count or --duration × --rate is 0".into());
+            }
+            if count > 10_000_000 {
+                return Err(format!("{count} messages is more than this tool keeps track of (10,000,000)"));
+            }
+            let hl = crate::payload::header_len(count);
+            if cli.size < hl {
+                return Err(format!(
+                    "--size {} is too small: the header `seq,unix_nanos,` needs {hl} bytes for {count} messages",
+                    cli.size
+                ));
+            }
+            let channel = match &cli.publish_channel {
+                Some(c) => c.clone(),
+                None => cli.channels.first().cloned().unwrap_or_else(|| "*".into()),
+            };
+            check_channel(&channel)?;
+            let sockets = if cli.publish_sockets.is_empty() {
+                vec![default_publish_socket()]
+            } else {
+                cli.publish_sockets.clone()
+            };
+            Some(PublishSpec { sockets, channel, binary: cli.binary, size: cli.size, rate, count })
+        };
+        let connect_time = n as f64 / cli.connect_rate;
+        let run_time = match &publish {
+            Some(p) => p.count as f64 / p.rate,
+            None => duration.as_secs_f64(),
+        };
+        let timeout = cli
+            .timeout
+            .unwrap_or_else(|| Duration::from_secs_f64(connect_time + run_time + cli.grace.as_secs_f64() + 60.0));
+        Ok(Plan {
+            mode,
+            url: cli.url.clone(),
+            target,
+            connections: n,
+            connect_rate: cli.connect_rate,
+            src_ips,
+            procs: cli.procs,
+            deflate: cli.deflate,
+            channels: cli.channels.clone(),
+            workers,
+            publish,
+            hold: duration,
+            timeout,
+            grace: cli.grace,
+            connect_timeout: cli.connect_timeout,
+            sample_interval: cli.sample_interval,
+            server_pids: cli.server_pids.clone(),
+            pin_cpu: cli.pin_cpu,
+            json: cli.json,
+        })
+    }
+}
+
+/// What one worker process is told, as one JSON line on its stdin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerConfig {
+    pub index: u32,
+    pub target: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+    /// Global index of this worker's first connection (picks source addresses).
+    pub first: u64,
+    pub connections: u64,
+    pub src_ips: Vec<Ipv4Addr>,
+    /// This worker's share of --connect-rate.
+    pub connect_rate: f64,
+    pub connect_timeout_ms: u64,
+    pub deflate: bool,
+    /// Highest sequence number that will be published.
+    pub max_seq: u64,
+    /// The worker exits by itself at this time (unix ns).
+    pub deadline_ns: u64,
+    pub pin_cpu: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["crier-load"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    const LIMITS: Limits = Limits { nofile_hard: 20_000, ephemeral_ports: 28_232 };
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:9000/ws", &[]).unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(t.path, "/ws");
+        assert_eq!(t.host_header, "127.0.0.1:9000");
+        let t = parse_url("ws://localhost/ws?x=1", &["a".into(), "b".into()]).unwrap();
+        assert_eq!(t.addr.port(), 80);
+        assert_eq!(t.path, "/ws?x=1&channels=a,b");
+        let t = parse_url("ws://[::1]:8080", &["a".into()]).unwrap();
+        assert_eq!(t.addr, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.path, "/?channels=a");
+        assert!(parse_url("ws://10.0.0.1:8080/ws", &[]).unwrap_err().contains("loopback"));
+        assert!(parse_url("ws://example.com/ws", &[]).is_err());
+        assert!(parse_url("wss://127.0.0.1/ws", &[]).is_err());
+        assert!(parse_url("ws://127.0.0.1:99999/", &[]).is_err());
+    }
+
+    #[test]
+    fn splits_connections_over_workers() {
+        let p = Plan::new(&cli(&["-n", "200", "--procs", "3", "--src-ips", "2"]), LIMITS).unwrap();
+        assert_eq!(p.workers, vec![(0, 67), (67, 67), (134, 66)]);
+        assert_eq!(p.src_ips, vec![Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)]);
+        let pb = p.publish.unwrap();
+        assert_eq!(pb.count, 1000); // 10 s × 100/s
+        assert_eq!(pb.channel, "*");
+        assert_eq!(pb.sockets, vec![default_publish_socket()]);
+    }
+
+    #[test]
+    fn refuses_too_many_sockets_per_worker() {
+        let e = Plan::new(&cli(&["-n", "40000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap_err();
+        assert!(e.contains("at most 19000"), "{e}");
+        assert!(e.contains("--procs 3"), "{e}");
+        assert!(Plan::new(&cli(&["-n", "38000", "--procs", "2", "--src-ips", "2"]), LIMITS).is_ok());
+        let e = Plan::new(&cli(&["-n", "30000", "--procs", "2"]), LIMITS).unwrap_err();
+        assert!(e.contains("--src-ips 2"), "{e}");
+    }
+
+    #[test]
+    fn mode_defaults() {
+        let p = Plan::new(&cli(&["--mode", "soak"]), LIMITS).unwrap();
+        assert_eq!(p.publish.as_ref().unwrap().rate, 10.0);
+        assert_eq!(p.publish.unwrap().count, 3000);
+        let p = Plan::new(&cli(&["--mode", "storm"]), LIMITS).unwrap();
+        assert_eq!(p.publish.unwrap().count, 10);
+        let p = Plan::new(&cli(&["--mode", "idle", "--duration", "3s"]), LIMITS).unwrap();
+        assert!(p.publish.is_none());
+        assert_eq!(p.hold, Duration::from_secs(3));
+        assert!(Plan::new(&cli(&["--mode", "idle", "-n", "0"]), LIMITS).is_err());
+        let p = Plan::new(&cli(&["--count", "50", "--rate", "25", "-n", "0"]), LIMITS).unwrap();
+        assert_eq!(p.publish.as_ref().unwrap().count, 50);
+        // default timeout: connect + publish + grace + 60 s
+        assert_eq!(p.timeout, Duration::from_secs(2 + 5 + 60));
+    }
+
+    #[test]
+    fn channels_and_sizes() {
+        let p = Plan::new(
+            &cli(&["--channels", "flights,gates", "--publish-socket", "/a", "--publish-socket", "/b"]),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(p.target.path, "/ws?channels=flights,gates");
+        let pb = p.publish.unwrap();
+        assert_eq!(pb.channel, "flights");
+        assert_eq!(pb.sockets, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert!(Plan::new(&cli(&["--channels", "bad name"]), LIMITS).is_err());
+        let e = Plan::new(&cli(&["--size", "10"]), LIMITS).unwrap_err();
+        assert!(e.contains("too small"), "{e}");
+        assert!(Plan::new(&cli(&["--url", "ws://192.168.1.1:8080/ws"]), LIMITS).is_err());
+        assert!(Plan::new(&cli(&["--url", "ws://[::1]:8080/ws", "--src-ips", "2"]), LIMITS).is_err());
+        assert!(Plan::new(&cli(&["--url", "ws://[::1]:8080/ws"]), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn schedule_offsets() {
+        assert_eq!(offset_ns(100.0, 1), 0);
+        assert_eq!(offset_ns(100.0, 2), 10_000_000);
+        assert_eq!(offset_ns(3.0, 4), 1_000_000_000);
+    }
+}
