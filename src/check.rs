@@ -460,7 +460,8 @@ fn memory_finding(r: &Readings, m: &MemoryEstimate) -> Finding {
     );
     let why = format!(
         "{} kernel + {} crier per idle connection, and ~{} of socket buffer each while a broadcast is in flight; \
-         slow clients add up to --max-queue-bytes each until closed",
+         slow clients add up to --max-queue-bytes each until closed, and each channel's history up to \
+         --history-bytes",
         human_bytes(KERNEL_BYTES_PER_CONN),
         human_bytes(USER_BYTES_PER_CONN),
         human_bytes(INFLIGHT_BYTES_PER_CONN)
