@@ -199,8 +199,9 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         // The client sent frames right behind its request head.
         let mut leftover = leftover;
         process(&shard, &conn, &mut leftover);
-        shard.flush_dirty();
     }
+    // A replay (since=/last=) goes out now, not with the next broadcast or sweep.
+    shard.flush_dirty();
     monoio::spawn(read_loop(shard, conn));
 }
 

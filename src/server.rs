@@ -66,11 +66,11 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let mut shards: Vec<JoinHandle<()>> = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
         let (tx, rx) = flume::unbounded();
-        senders.push(tx);
+        senders.push(tx.clone());
         let (cfg, metrics, ready) = (cfg.clone(), metrics.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::run(id, cfg, metrics, listener, rx, ready))
+            .spawn(move || shard::run(id, cfg, metrics, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }

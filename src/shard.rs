@@ -107,10 +107,19 @@ pub struct Shard {
     history: RefCell<History>,
     epoch: Instant,
     pub draining: Cell<bool>,
+    /// The hub's queue to this shard (and a sender to put a drain order back on it).
+    inbox: flume::Receiver<ShardMsg>,
+    requeue: flume::Sender<ShardMsg>,
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        inbox: flume::Receiver<ShardMsg>,
+        requeue: flume::Sender<ShardMsg>,
+    ) -> Self {
         let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
@@ -128,6 +137,24 @@ impl Shard {
             history: RefCell::new(History::new(limits)),
             epoch: Instant::now(),
             draining: Cell::new(false),
+            inbox,
+            requeue,
+        }
+    }
+
+    /// Applies broadcasts the hub has already sent (and acknowledged to publishers) but this
+    /// shard has not handled yet, so that a new subscriber's `last=`/`since=` sees them in
+    /// history rather than as live traffic. A drain order met here goes back on the queue
+    /// for the main loop.
+    fn apply_pending(&self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ShardMsg::Broadcast(b) => self.enqueue_broadcast(&b),
+                ShardMsg::Drain => {
+                    let _ = self.requeue.send(ShardMsg::Drain);
+                    break;
+                }
+            }
         }
     }
 
@@ -169,6 +196,7 @@ impl Shard {
         if upgrade.since.is_none() && upgrade.last == 0 {
             return;
         }
+        self.apply_pending();
         let now = Instant::now();
         let history = self.history.borrow();
         let mut out = conn.out.borrow_mut();
@@ -418,7 +446,7 @@ pub fn run(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     listener: std::net::TcpListener,
-    rx: flume::Receiver<ShardMsg>,
+    (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
     ready: std::sync::mpsc::Sender<ReadyReport>,
 ) {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -443,7 +471,7 @@ pub fn run(
                 return;
             }
         };
-        let shard = Rc::new(Shard::new(id, cfg, metrics));
+        let shard = Rc::new(Shard::new(id, cfg, metrics, rx.clone(), requeue));
         SELF.with(|s| *s.borrow_mut() = Some(shard.clone()));
         let _ = ready.send(Ok(driver));
         monoio::spawn(accept_loop(shard.clone(), listener));

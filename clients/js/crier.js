@@ -49,7 +49,7 @@ export class CrierClient extends EventTarget {
    *   accepted and turned into `ws(s)://`); a query string in it is replaced.
    * @param {object} [options]
    * @param {string[]} [options.channels]  channels to subscribe to (the broadcast channel
-   *   `*` is always heard)
+   *   `*` is always heard, and resumed only if listed here)
    * @param {number} [options.last]  on the first connection, first receive up to this many
    *   of the latest messages of each channel (the current state of a board)
    * @param {number} [options.backoffBaseMs=500]  first reconnect delay bound
@@ -82,6 +82,7 @@ export class CrierClient extends EventTarget {
     this._attempt = 0;
     this._closed = false;
     this._openedAt = 0;
+    this._downUntil = 0;
     this._decoder = new TextDecoder("utf-8");
     if (options.connect ?? true) this.connect();
   }
@@ -144,10 +145,12 @@ export class CrierClient extends EventTarget {
   }
 
   /**
-   * Testing hook: cut the current connection as a network failure would (the client
-   * reconnects and resumes as usual).
+   * Testing hook: cut the current connection as a network failure would; the client
+   * reconnects and resumes as usual. With `downMs`, the "network" stays down that long:
+   * no reconnection is attempted before then.
    */
-  dropConnection() {
+  dropConnection(downMs = 0) {
+    this._downUntil = Date.now() + downMs;
     if (this._ws) this._ws.close();
   }
 
@@ -171,7 +174,7 @@ export class CrierClient extends EventTarget {
   // Exponential backoff with full jitter; returns the delay chosen.
   _scheduleReconnect() {
     const bound = Math.min(this.backoffCapMs, this.backoffBaseMs * 2 ** Math.min(this._attempt, 30));
-    const delay = Math.floor(Math.random() * bound);
+    const delay = Math.max(Math.floor(Math.random() * bound), this._downUntil - Date.now());
     this._attempt += 1;
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {

@@ -1767,3 +1767,11 @@ pub fn readme_metrics() -> Vec<String> {
         })
         .collect()
 }
+
+impl WsClient {
+    /// The socket and the bytes already read past the upgrade response (frames the server
+    /// sent right after its 101), for tests that parse frames themselves.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}

@@ -1,0 +1,392 @@
+//! The browser client, `clients/js/crier.js`, in a real headless Chromium (Debian's
+//! `/usr/bin/chromium`, driven by playwright-core from `tests/browser/node_modules`; both
+//! installed by `.ci/run`). The page imports crier.js from the crier server itself
+//! (`GET /crier.js`), subscribes, and reports every event; `tests/browser/run.mjs` relays
+//! those reports as lines. The page cuts its connection, the test publishes while it is
+//! away, and the page must show every missed message once and in order; after crier
+//! restarts on the same port, the page must report a reset.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Bound of every wait for the page.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `tests/browser/run.mjs` and the headless Chromium it drives.
+struct Browser {
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Every line read so far (for failure messages).
+    transcript: Vec<String>,
+}
+
+impl Browser {
+    fn start(crier_http: &str, channels: &str, last: u32) -> Browser {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "this test needs Debian's chromium at {CHROMIUM} (`.ci/run` installs it: apt-get install chromium)"
+        );
+        assert!(
+            dir.join("node_modules/playwright-core").exists(),
+            "this test needs playwright-core in tests/browser/node_modules (`.ci/run` installs it: \
+             cd tests/browser && npm ci)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("run.mjs"))
+            .args([crier_http, channels, &last.to_string()])
+            .env("CHROMIUM", CHROMIUM)
+            .env("CRIER_BROWSER_TIMEOUT_MS", "150000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that Chromium can be stopped with it if need be.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn node (is Node.js installed?): {e}"));
+        let pid = child.id();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdin = child.stdin.take();
+        Browser { child, pid, stdin, lines, stderr, transcript: Vec::new() }
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "page transcript:\n  {}\nrun.mjs stderr:\n{}",
+            self.transcript.join("\n  "),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// The next line from the page; panics on a `fatal` or `error` line, or at the deadline.
+    fn next(&mut self, deadline: Instant, waiting_for: &str) -> String {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.transcript.push(line.clone());
+                if line.starts_with("fatal") || line.starts_with("error") {
+                    panic!("the page reported a failure: {line}\n{}", self.context());
+                }
+                line
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("timed out waiting for {waiting_for}\n{}", self.context())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let st = self.child.try_wait();
+                panic!("run.mjs ended ({st:?}) while waiting for {waiting_for}\n{}", self.context())
+            }
+        }
+    }
+
+    /// Read lines until one starts with `prefix`; returns it and the lines before it.
+    fn until(&mut self, prefix: &str) -> (String, Vec<String>) {
+        let deadline = Instant::now() + PAGE_TIMEOUT;
+        let mut before = Vec::new();
+        loop {
+            let line = self.next(deadline, &format!("a line starting {prefix:?}"));
+            if line.starts_with(prefix) {
+                return (line, before);
+            }
+            before.push(line);
+        }
+    }
+
+    /// Lines that arrive within `quiet` (none is expected, usually).
+    fn drain_for(&mut self, quiet: Duration) -> Vec<String> {
+        let deadline = Instant::now() + quiet;
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.transcript.push(line.clone());
+            out.push(line);
+        }
+        out
+    }
+
+    fn command(&mut self, cmd: &str) {
+        let stdin = self.stdin.as_mut().expect("run.mjs stdin is open");
+        let sent = writeln!(stdin, "{cmd}").and_then(|()| stdin.flush());
+        if let Err(e) = sent {
+            panic!("sending {cmd:?} to run.mjs: {e}\n{}", self.context());
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // End of stdin asks run.mjs to close Chromium and exit.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut signalled = false;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: signals to the process group this test created for run.mjs
+                // (its id is run.mjs's PID); nothing else is in it.
+                unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL) };
+                let _ = self.child.wait();
+                break;
+            }
+            if !signalled && Instant::now() + Duration::from_secs(5) >= deadline {
+                // SAFETY: signal to the PID of the child this test spawned.
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+                signalled = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.context());
+        }
+    }
+}
+
+/// One `message <channel> <seq> <epoch> <text|binary> <data>` line from the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageMsg {
+    channel: String,
+    seq: u64,
+    epoch: String,
+    binary: bool,
+    /// The text, or the bytes in hex.
+    data: String,
+}
+
+fn page_msg(line: &str) -> Option<PageMsg> {
+    let rest = line.strip_prefix("message ")?;
+    let mut f = rest.splitn(5, ' ');
+    let channel = f.next()?.to_string();
+    let seq = f.next()?.parse().ok()?;
+    let epoch = f.next()?.to_string();
+    let binary = match f.next()? {
+        "binary" => true,
+        "text" => false,
+        _ => return None,
+    };
+    let data = f.next().unwrap_or("").to_string();
+    Some(PageMsg { channel, seq, epoch, binary, data })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What the page should show for a text message published as `<channel>#<seq> …`.
+fn text_payload(channel: &str, seq: u64) -> String {
+    format!("{channel}#{seq} é→✓")
+}
+
+fn publish_board(p: &mut Publisher, seq: u64) {
+    assert_eq!(p.publish("board", text_payload("board", seq).as_bytes(), false), seq);
+}
+
+/// Receive page lines until every channel in `want` has delivered up to its seq; returns
+/// the messages per channel. Panics on a gap or reset line.
+fn collect_until(b: &mut Browser, want: &[(&str, u64)]) -> BTreeMap<String, Vec<PageMsg>> {
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    let mut got: BTreeMap<String, Vec<PageMsg>> = BTreeMap::new();
+    let done = |got: &BTreeMap<String, Vec<PageMsg>>| {
+        want.iter().all(|(ch, seq)| got.get(*ch).and_then(|v| v.last()).is_some_and(|m| m.seq >= *seq))
+    };
+    while !done(&got) {
+        let line = b.next(deadline, &format!("messages up to {want:?}"));
+        if let Some(m) = page_msg(&line) {
+            got.entry(m.channel.clone()).or_default().push(m);
+        } else if line.starts_with("gap") || line.starts_with("reset") {
+            panic!("unexpected {line:?} while collecting messages\n{}", b.context());
+        }
+    }
+    got
+}
+
+/// The client's logic (envelope parsing, positions, since=, gap and reset handling,
+/// backoff) against a scripted WebSocket: `node --test tests/browser/crier.test.mjs`.
+#[test]
+fn crier_js_unit_tests() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/crier.test.mjs");
+    let child = Command::new("node")
+        .args(["--test", "--test-reporter=spec", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn node (is Node.js installed? .ci/run installs it): {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(out)) => assert!(
+            out.status.success(),
+            "node --test crier.test.mjs failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Ok(Err(e)) => panic!("waiting for node: {e}"),
+        Err(_) => {
+            // SAFETY: signal to the PID of the child this test spawned.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("node --test crier.test.mjs did not finish within 60 s");
+        }
+    }
+}
+
+#[test]
+fn crier_js_is_served() {
+    let s = Server::start(Driver::Epoll);
+    let r = http_get(s.ws, "/crier.js").expect("GET /crier.js");
+    assert_eq!(r.status, 200, "{r:?}");
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(ct.starts_with("application/javascript"), "Content-Type: {ct:?}");
+    let file = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js/crier.js")).unwrap();
+    assert!(r.body == file, "GET /crier.js must serve clients/js/crier.js as it is in the tree (rebuild crier?)");
+}
+
+#[test]
+fn browser_resumes_after_a_cut_and_reports_a_reset_after_a_restart() {
+    let sock_dir = TempDir::new();
+    let sock = sock_dir.join("p.sock");
+    let mut s1 = Server::builder(Driver::Epoll).publish_socket(&sock).start();
+    let port = s1.ws.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut p = s1.publisher();
+    for seq in 1..=3 {
+        publish_board(&mut p, seq);
+    }
+
+    // The page subscribes with last=2: the two latest of board, then live.
+    let mut b = Browser::start(&base, "board,gates", 2);
+    b.until("ready");
+    let (open, _) = b.until("open");
+    assert!(open.contains("resumed=false"), "first connection: {open}");
+    let got = collect_until(&mut b, &[("board", 3)]);
+    let first: Vec<u64> = got["board"].iter().map(|m| m.seq).collect();
+    assert_eq!(first, vec![2, 3], "last=2 must give board 2 and 3\n{}", b.context());
+    let epoch1 = got["board"][0].epoch.clone();
+    assert_eq!(got["board"][1].data, text_payload("board", 3));
+
+    // Live: a binary message with a 0x0A inside (the header ends at the first one).
+    let bin = [0xde, 0xad, 0x0a, 0x00, 0xff, 0x0a];
+    assert_eq!(p.publish("gates", &bin, true), 1);
+    publish_board(&mut p, 4);
+    let got = collect_until(&mut b, &[("gates", 1), ("board", 4)]);
+    let g = &got["gates"][0];
+    assert!(g.binary && g.data == hex(&bin) && g.epoch == epoch1, "binary message: {g:?}");
+    assert_eq!(got["board"].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4]);
+
+    // Cut the connection; the client stays away for 1.5 s while 25 messages go out.
+    b.command("drop 1500");
+    let (close, _) = b.until("close");
+    assert!(!close.contains("reconnect=null"), "the client must plan to reconnect: {close}");
+    let replayed0 = s1.metric0("crier_messages_replayed_total", &[]);
+    let mut gates_bins = Vec::new();
+    for i in 0..25u64 {
+        if i % 5 == 4 {
+            let data = random_bytes(i, 40);
+            let seq = p.publish("gates", &data, true);
+            gates_bins.push((seq, hex(&data)));
+        } else {
+            publish_board(&mut p, 5 + i - i / 5);
+        }
+    }
+    let (board_last, gates_last) = (24, 6);
+    let (open, before) = b.until("open");
+    assert!(open.contains("resumed=true"), "the reconnection must resume: {open}");
+    assert!(before.iter().all(|l| page_msg(l).is_none()), "messages before the reconnection: {before:?}");
+    let got = collect_until(&mut b, &[("board", board_last), ("gates", gates_last)]);
+    let board: Vec<u64> = got["board"].iter().map(|m| m.seq).collect();
+    assert_eq!(board, (5..=board_last).collect::<Vec<_>>(), "every missed board message once, in order");
+    for m in &got["board"] {
+        assert_eq!(
+            (m.data.as_str(), m.epoch.as_str(), m.binary),
+            (text_payload("board", m.seq).as_str(), &*epoch1, false)
+        );
+    }
+    let gates: Vec<(u64, String)> = got["gates"].iter().map(|m| (m.seq, m.data.clone())).collect();
+    assert_eq!(gates, gates_bins, "every missed gates message once, in order");
+    let extra = b.drain_for(Duration::from_millis(500));
+    assert!(extra.is_empty(), "nothing more may arrive (no duplicate): {extra:?}");
+    let replayed = s1.metric0("crier_messages_replayed_total", &[]) - replayed0;
+    assert_eq!(replayed, 25.0, "the 25 missed messages came from the server's replay");
+    // Live again.
+    publish_board(&mut p, 25);
+    let got = collect_until(&mut b, &[("board", 25)]);
+    assert_eq!(got["board"].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![25]);
+
+    // Restart crier on the same port and publisher socket: the page reports a reset.
+    drop(p);
+    s1.sigterm();
+    let (close, _) = b.until("close");
+    assert!(close.contains("code=1001"), "SIGTERM closes the page's connection with 1001: {close}");
+    assert!(s1.wait_exit(Duration::from_secs(10)).is_some_and(|st| st.success()), "crier did not exit 0");
+    let s2 = Server::builder(Driver::Epoll)
+        .omit("--listen")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .publish_socket(&sock)
+        .start();
+    assert_eq!(s2.ws.port(), port);
+    let (open, _) = b.until("open");
+    assert!(open.contains("resumed=true"), "after the restart the client resumes (and learns of the reset): {open}");
+    let mut resets = BTreeMap::new();
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    while resets.len() < 2 {
+        let line = b.next(deadline, "a reset of board and of gates");
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["reset", ch, epoch] => {
+                resets.insert(ch.to_string(), epoch.to_string());
+            }
+            _ => panic!("expected reset notices first, got {line:?}\n{}", b.context()),
+        }
+    }
+    let epoch2 = resets["board"].clone();
+    assert_ne!(epoch2, epoch1, "a restarted crier has another epoch");
+    assert_eq!(resets["gates"], epoch2);
+    // The new crier's first message on board is seq 1 of the new epoch.
+    assert_eq!(s2.publish("board", &text_payload("board", 1)), 1);
+    let got = collect_until(&mut b, &[("board", 1)]);
+    let m = &got["board"][0];
+    assert_eq!((m.seq, m.epoch.as_str(), m.data.as_str()), (1, epoch2.as_str(), text_payload("board", 1).as_str()));
+    let extra = b.drain_for(Duration::from_millis(300));
+    assert!(extra.iter().all(|l| page_msg(l).is_none()), "no other message: {extra:?}");
+    // Shown with --nocapture.
+    eprintln!("{}", b.context());
+}
