@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Runs one of the README's performance targets end to end: a release crier pinned to CPU 0,
+# crier-load pinned to CPU 1, and prints crier-load's report (add --json for JSON).
+#
+#   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N to change): RSS growth per connection
+#   loadtest/targets.sh throughput    10,000 connections, 256 B at 100 msg/s: deliveries per server CPU-second
+#   loadtest/targets.sh latency       19,000 connections, 1 KiB at 10 msg/s: delivery latency, loss
+#   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
+#   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port, 2 msg/s
+#                                     (crier on CPU 0; the load tool, unpinned, needs both cores here)
+#
+# Extra arguments go to crier-load. Every run is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+target=${1:?usage: loadtest/targets.sh density|throughput|latency|compression|multiproc [crier-load args]}
+shift
+cargo build --release -q -p crier -p crier-load
+crier=target/release/crier
+load=target/release/crier-load
+work=$(mktemp -d)
+port=${CRIER_PORT:-18080}
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_crier NAME [crier serve args]: starts one crier on CPU 0 and waits for its ready line.
+start_crier() {
+    local name=$1
+    shift
+    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} taskset -c 0 "$crier" serve \
+        --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/$name.sock" \
+        --shards 1 "$@" 2>"$work/$name.log" &
+    pids+=("$!")
+    for _ in $(seq 200); do
+        grep -q "ready ws=" "$work/$name.log" && return 0
+        sleep 0.05
+    done
+    echo "crier $name did not start:" >&2
+    cat "$work/$name.log" >&2
+    exit 1
+}
+
+url="ws://127.0.0.1:$port/ws"
+case $target in
+density)
+    start_crier a --max-connections 19500
+    "$load" --mode idle --url "$url" -n "${CONNECTIONS:-19000}" --connect-rate 5000 --duration 10s \
+        --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    ;;
+throughput | compression)
+    deflate=()
+    [ "$target" = compression ] && deflate=(--deflate)
+    start_crier a --max-connections 19500
+    "$load" --url "$url" -n 10000 --connect-rate 5000 --rate 100 --size 256 --duration 10s \
+        "${deflate[@]}" --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    ;;
+latency)
+    start_crier a --max-connections 19500
+    "$load" --url "$url" -n 19000 --connect-rate 5000 --rate 10 --size 1024 --duration 30s \
+        --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    ;;
+multiproc)
+    # Six crier processes (each under the 20,000-file limit) share the port through
+    # SO_REUSEPORT; every message is published to each of them.
+    sockets=()
+    servers=()
+    for i in 1 2 3 4 5 6; do
+        # One core of load generator cannot answer 100k handshakes and pings on crier's
+        # default schedule; give clients time so that what is measured is crier.
+        start_crier "c$i" --max-connections 19500 --handshake-timeout 60s --idle-timeout 300s
+        sockets+=(--publish-socket "$work/c$i.sock")
+        servers+=(--server-pid "${pids[-1]}")
+    done
+    "$load" --url "$url" -n 100000 --procs 6 --src-ips 4 --connect-rate 1500 --rate 2 --size 256 \
+        --duration 30s --timeout 300s "${sockets[@]}" "${servers[@]}" "$@"
+    ;;
+*)
+    echo "unknown target '$target'" >&2
+    exit 2
+    ;;
+esac
