@@ -226,14 +226,15 @@ async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
                 Ok(0) => Err(None),
                 Ok(n) => {
                     conn.last_seen.set(shard.now_ms());
-                    Ok(process(&shard, &conn, &mut scratch[..n]))
+                    process(&shard, &conn, &mut scratch[..n]);
+                    Ok(())
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
                 Err(_) => Err(Some(CloseReason::IoError)),
             }
         };
         match result {
-            Ok(_) => shard.flush_dirty(),
+            Ok(()) => shard.flush_dirty(),
             Err(reason) => {
                 break match conn.state.get() {
                     State::Closing { reason, .. } => reason,
@@ -245,10 +246,10 @@ async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     shard.remove(&conn, reason);
 }
 
-/// Acts on bytes received. Returns the close reason if the connection is now closing.
-fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) -> Option<CloseReason> {
+/// Acts on bytes received: answers pings, checks messages, starts a close when needed.
+fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let limits = ReaderLimits { max_message: shard.cfg.max_client_message_bytes, deflate: conn.deflate };
-    let mut outcome: Option<(Violation, CloseReason)> = None;
+    let mut violation: Option<Violation> = None;
     let mut peer_closed: Option<u16> = None;
     let result = conn.reader.borrow_mut().feed(data, limits, &mut |event| match event {
         Event::Ping(payload) => {
@@ -267,33 +268,25 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) -> Option<CloseReaso
             match check_message(shard, kind, compressed, payload) {
                 Ok(()) => true,
                 Err(v) => {
-                    outcome = Some((v, reason_for(v.code)));
+                    violation = Some(v);
                     false
                 }
             }
         }
     });
-    if let Err(v) = result {
-        outcome = Some((v, reason_for(v.code)));
-    }
-    if let Some((v, reason)) = outcome {
-        shard.close(conn, v.code, v.reason, reason, true);
-        return Some(reason);
+    if let Some(v) = result.err().or(violation) {
+        shard.close(conn, v.code, v.reason, reason_for(v.code), true);
+        return;
     }
     if let Some(code) = peer_closed {
         match conn.state.get() {
             // §5.5.1: answer a close with a close (echoing the code), then close TCP.
-            State::Open => {
-                let echo =
-                    if matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) { code } else { close_code::NORMAL };
-                shard.close(conn, echo, "", CloseReason::Client, false);
-            }
+            // `FrameReader` has already refused codes a peer may not send.
+            State::Open => shard.close(conn, code, "", CloseReason::Client, false),
             // The reply to our own close: we are done.
             State::Closing { .. } => conn.abort(),
         }
-        return Some(CloseReason::Client);
     }
-    None
 }
 
 /// Inflates (if compressed) and checks a client's data message; the content is discarded.

@@ -408,7 +408,6 @@ mod tests {
             "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
         ));
         let off = HandshakeConfig { deflate: false, ..cfg() };
-        let _ = &off;
         let r = req("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
         assert!(!parse_request(r.as_bytes(), &off).unwrap().unwrap().0.deflate);
     }

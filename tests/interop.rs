@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -50,16 +49,7 @@ both_drivers! {
             }
         }
         let mut guard = Kill(pid);
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = spawn_line_reader(child.stdout.take().unwrap());
         let next = |what: &str| {
             rx.recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("subscribe.py printed no {what} line"))

@@ -46,7 +46,7 @@ pub enum BindError {
 pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, BindError> {
     let shown = path.display().to_string();
     let io_err = |source| BindError::Io { path: shown.clone(), source };
-    if path.exists() || path.symlink_metadata().is_ok() {
+    if path.symlink_metadata().is_ok() {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(BindError::InUse(shown)),
             Err(_) => {

@@ -400,8 +400,8 @@ fn parse_ready(line: &str) -> Option<Ready> {
     Some(Ready { ws: ws?, admin: admin?, publish: publish?, driver: driver?, shards: shards? })
 }
 
-/// Forward the child's stderr, line by line and without ANSI colour codes, into a channel.
-fn spawn_line_reader(stderr: impl Read + Send + 'static) -> Receiver<String> {
+/// Forward a child's output, line by line and without ANSI colour codes, into a channel.
+pub fn spawn_line_reader(stderr: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::new(stderr);
