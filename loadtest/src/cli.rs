@@ -269,6 +269,8 @@ pub struct Plan {
     pub server_pids: Vec<u32>,
     pub pin_cpu: Option<usize>,
     pub json: bool,
+    /// Things that will not stop the run but will skew it, printed before it starts.
+    pub warnings: Vec<String>,
 }
 
 impl Plan {
@@ -320,6 +322,20 @@ impl Plan {
                  --src-ips {} or more",
                 cli.src_ips,
                 n.div_ceil(ports.max(1))
+            ));
+        }
+        let mut warnings = Vec::new();
+        // connect() picks ports of one parity first; once they are used up on an address,
+        // every further connect scans all of them (__inet_check_established) before trying
+        // the others, and the connect rate collapses. A storm needs twice the ports: the
+        // dropped connections wait in TIME_WAIT while their replacements connect.
+        let factor = if mode == Mode::Storm { 2 } else { 1 };
+        if per_ip * factor > ports / 2 {
+            warnings.push(format!(
+                "{} local ports per source address is past half of its ~{ports}: the kernel's \
+                 port search slows every further connect() sharply; use --src-ips {} or more",
+                per_ip * factor,
+                (n * factor).div_ceil((ports / 2).max(1))
             ));
         }
         let workers: Vec<(u64, u64)> = {
@@ -404,6 +420,7 @@ impl Plan {
             server_pids: cli.server_pids.clone(),
             pin_cpu: cli.pin_cpu,
             json: cli.json,
+            warnings,
         })
     }
 }
@@ -487,7 +504,14 @@ mod tests {
         let e = Plan::new(&cli(&["-n", "40000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap_err();
         assert!(e.contains("at most 19000"), "{e}");
         assert!(e.contains("--procs 3"), "{e}");
-        assert!(Plan::new(&cli(&["-n", "38000", "--procs", "2", "--src-ips", "2"]), LIMITS).is_ok());
+        let p = Plan::new(&cli(&["-n", "38000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap();
+        assert!(p.warnings[0].contains("use --src-ips 3 or more"), "{:?}", p.warnings);
+        let p = Plan::new(&cli(&["-n", "27000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let p = Plan::new(&cli(&["--mode", "storm", "-n", "19000", "--src-ips", "2"]), LIMITS).unwrap();
+        assert!(p.warnings[0].contains("use --src-ips 3 or more"), "{:?}", p.warnings);
+        let p = Plan::new(&cli(&["--mode", "storm", "-n", "19000", "--src-ips", "4"]), LIMITS).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         let e = Plan::new(&cli(&["-n", "30000", "--procs", "2"]), LIMITS).unwrap_err();
         assert!(e.contains("--src-ips 2"), "{e}");
     }

@@ -158,6 +158,9 @@ pub fn run(cli: Cli) -> i32 {
         eprintln!("crier-load: {e}");
         return 1;
     }
+    for w in &plan.warnings {
+        eprintln!("crier-load: warning: {w}");
+    }
     sys::raise_nofile();
     let started = Instant::now();
     let mut rep = Report {
