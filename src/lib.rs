@@ -13,6 +13,7 @@ pub mod frame;
 pub mod handshake;
 pub mod history;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crier::config::{self, Command};
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

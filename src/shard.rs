@@ -409,6 +409,7 @@ impl Shard {
             let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
             local.reset();
         }
+        crate::memory::release();
     }
 
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
