@@ -1,6 +1,6 @@
 //! The kernel's floor under a broadcast: the cost of putting one 1 KiB frame on each of many
-//! connected loopback TCP sockets, first with a bare `write()` (no WebSocket work at all),
-//! then through crier's own `OutboundQueue::flush` (one `sendmsg`).
+//! connected loopback TCP sockets, with a bare `write()`, a bare `sendmsg()` (no WebSocket
+//! work at all), then through crier's own `OutboundQueue::flush` (one `sendmsg`).
 //!
 //! On loopback the sender's system call also runs the receiver's TCP input, so this is what a
 //! one-core server pays per subscriber for each message, whatever server it is. It bounds the
@@ -78,6 +78,28 @@ fn loopback(c: &mut Criterion) {
                 let t = Instant::now();
                 for s in &mut p.servers {
                     s.write_all(&payload).expect("write");
+                }
+                spent += t.elapsed();
+                p.drain();
+            }
+            spent
+        })
+    });
+
+    g.bench_function(BenchmarkId::new("sendmsg", SOCKETS), |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                for s in &mut p.servers {
+                    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: FRAME };
+                    // SAFETY: msghdr is plain data; the fields sendmsg reads are set below.
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    // SAFETY: iov points into payload, alive for the call.
+                    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+                    assert_eq!(n, FRAME as isize);
                 }
                 spent += t.elapsed();
                 p.drain();

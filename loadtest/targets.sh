@@ -3,8 +3,8 @@
 # crier-load pinned to CPU 1, and prints crier-load's report (add --json for JSON).
 #
 #   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N to change): RSS growth per connection
-#   loadtest/targets.sh throughput    10,000 connections, 256 B at 100 msg/s: deliveries per server CPU-second
-#   loadtest/targets.sh latency       19,000 connections, 1 KiB at 10 msg/s: delivery latency, loss
+#   loadtest/targets.sh throughput    10,000 connections (CONNECTIONS=N), 256 B at 100 msg/s: deliveries per server CPU-second
+#   loadtest/targets.sh latency       19,000 connections (CONNECTIONS=N to change), 1 KiB at 10 msg/s: latency, loss
 #   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
 #   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port, 2 msg/s
 #   loadtest/targets.sh storm         19,000 connections drop and reconnect at once: time until all are back
@@ -21,6 +21,7 @@ load=target/release/crier-load
 work=$(mktemp -d)
 port=${CRIER_PORT:-18080}
 pids=()
+# shellcheck disable=SC2317 # invoked by the trap below
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -45,10 +46,21 @@ start_crier() {
     exit 1
 }
 
+# counters NAME: after the run, crier NAME's own count of messages, encodings, compressions and
+# slow-consumer closes, from its /metrics (compressions must equal messages).
+counters() {
+    local admin
+    admin=$(sed -n 's/.*ready ws=[^ ]* admin=\([^ ]*\) .*/\1/p' "$work/$1.log")
+    echo "crier /metrics (http://$admin):"
+    curl -fsS "http://$admin/metrics" |
+        grep -E '^crier_(messages_published|frames_encoded|compressions|slow_consumer_closes)_total' || true
+}
+
 # Clients spread over source addresses 127.0.0.1…K so that none uses more than half of its
 # ephemeral ports (a storm needs twice: the dropped connections sit in TIME_WAIT); past that
 # the kernel's connect() port search, not crier, limits the connect rate.
 url="ws://127.0.0.1:$port/ws"
+status=0
 case $target in
 density)
     start_crier a --max-connections 19500
@@ -59,13 +71,15 @@ throughput | compression)
     deflate=()
     [ "$target" = compression ] && deflate=(--deflate)
     start_crier a --max-connections 19500
-    "$load" --url "$url" -n 10000 --src-ips 2 --connect-rate 5000 --rate 100 --size 256 --duration 10s \
-        "${deflate[@]}" --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate 100 --size 256 --duration 10s \
+        "${deflate[@]}" --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@" || status=$?
+    counters a
     ;;
 latency)
     start_crier a --max-connections 19500
-    "$load" --url "$url" -n 19000 --src-ips 2 --connect-rate 5000 --rate 10 --size 1024 --duration 30s \
-        --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    "$load" --url "$url" -n "${CONNECTIONS:-19000}" --src-ips 2 --connect-rate 5000 --rate 10 --size 1024 --duration 30s \
+        --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@" || status=$?
+    counters a
     ;;
 storm)
     start_crier a --max-connections 19500
@@ -97,3 +111,4 @@ multiproc)
     exit 2
     ;;
 esac
+exit "$status"
