@@ -42,6 +42,21 @@ fn pairs(n: usize) -> Pairs {
 }
 
 impl Pairs {
+    /// Runs `iters` passes of `send(i, server_socket)` over every socket, timing only the
+    /// sends; the clients are drained after each pass.
+    fn timed_passes(&mut self, iters: u64, mut send: impl FnMut(usize, &mut TcpStream)) -> Duration {
+        let mut spent = Duration::ZERO;
+        for _ in 0..iters {
+            let t = Instant::now();
+            for (i, s) in self.servers.iter_mut().enumerate() {
+                send(i, s);
+            }
+            spent += t.elapsed();
+            self.drain();
+        }
+        spent
+    }
+
     /// Reads the one frame each client was sent (blocking: it is already there).
     fn drain(&mut self) {
         let mut buf = [0u8; FRAME];
@@ -73,38 +88,24 @@ fn loopback(c: &mut Criterion) {
 
     g.bench_function(BenchmarkId::new("write", SOCKETS), |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                for s in &mut p.servers {
-                    s.write_all(&payload).expect("write");
-                }
-                spent += t.elapsed();
-                p.drain();
-            }
-            spent
+            p.timed_passes(iters, |_, s| {
+                s.write_all(&payload).expect("write");
+            })
         })
     });
 
     g.bench_function(BenchmarkId::new("sendmsg", SOCKETS), |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                for s in &mut p.servers {
-                    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: FRAME };
-                    // SAFETY: msghdr is plain data; the fields sendmsg reads are set below.
-                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                    msg.msg_iov = &mut iov;
-                    msg.msg_iovlen = 1;
-                    // SAFETY: iov points into payload, alive for the call.
-                    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-                    assert_eq!(n, FRAME as isize);
-                }
-                spent += t.elapsed();
-                p.drain();
-            }
-            spent
+            p.timed_passes(iters, |_, s| {
+                let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: FRAME };
+                // SAFETY: msghdr is plain data; the fields sendmsg reads are set below.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                // SAFETY: iov points into payload, alive for the call.
+                let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+                assert_eq!(n, FRAME as isize);
+            })
         })
     });
 
@@ -114,17 +115,11 @@ fn loopback(c: &mut Criterion) {
     let mut latency = Histogram::<u64>::new(3).expect("histogram");
     g.bench_function(BenchmarkId::new("crier_flush", SOCKETS), |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
             let mut written = Written::default();
-            for _ in 0..iters {
-                let t = Instant::now();
-                for (q, s) in queues.iter_mut().zip(&p.servers) {
-                    q.push(frame.clone());
-                    q.flush(s.as_raw_fd(), &mut written, &mut latency).expect("flush");
-                }
-                spent += t.elapsed();
-                p.drain();
-            }
+            let spent = p.timed_passes(iters, |i, s| {
+                queues[i].push(frame.clone());
+                queues[i].flush(s.as_raw_fd(), &mut written, &mut latency).expect("flush");
+            });
             assert_eq!(written.frames, iters * SOCKETS as u64);
             spent
         })

@@ -2,7 +2,7 @@
 # Runs one of the README's performance targets end to end: a release crier pinned to CPU 0,
 # crier-load pinned to CPU 1, and prints crier-load's report (add --json for JSON).
 #
-#   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N to change): RSS growth per connection
+#   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N, SRC_IPS=K): RSS growth per connection
 #   loadtest/targets.sh throughput    10,000 connections (CONNECTIONS=N), 256 B at 100 msg/s: deliveries per server CPU-second
 #   loadtest/targets.sh latency       19,000 connections (CONNECTIONS=N to change), 1 KiB at 10 msg/s: latency, loss
 #   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
@@ -64,7 +64,7 @@ status=0
 case $target in
 density)
     start_crier a --max-connections 19500
-    "$load" --mode idle --url "$url" -n "${CONNECTIONS:-19000}" --connect-rate 5000 --src-ips 2 \
+    "$load" --mode idle --url "$url" -n "${CONNECTIONS:-19000}" --connect-rate 5000 --src-ips "${SRC_IPS:-2}" \
         --duration 10s --server-pid "${pids[0]}" --pin-cpu 1 "$@"
     ;;
 throughput | compression)
