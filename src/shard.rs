@@ -480,6 +480,7 @@ pub fn run(
         while let Ok(msg) = rx.recv_async().await {
             let mut next = Some(msg);
             let mut batch = 0;
+            let mut waited = false;
             while let Some(msg) = next.take() {
                 match msg {
                     ShardMsg::Broadcast(b) => shard.enqueue_broadcast(&b),
@@ -492,6 +493,13 @@ pub fn run(
                 }
                 batch += 1;
                 if batch < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+                if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
+                    // --flush-delay: let more broadcasts join this batch, so that each
+                    // connection gets them in one write. Connections keep being served.
+                    waited = true;
+                    monoio::time::sleep(shard.cfg.flush_delay).await;
                     next = rx.try_recv().ok();
                 }
             }

@@ -111,6 +111,7 @@ const BAD: &[(&str, &str)] = &[
     ("ping-interval", "banana"),
     ("idle-timeout", "-5s"),
     ("handshake-timeout", "10 parsecs"),
+    ("flush-delay", "2s"),
     ("max-queue-bytes", "12XB"),
     ("max-client-message-bytes", "lots"),
     ("max-connections", "many"),

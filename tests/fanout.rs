@@ -48,6 +48,26 @@ both_drivers! {
     fn slow_consumer_is_closed_others_get_everything(d) {
         slow_consumer(d);
     }
+
+    fn flush_delay_holds_the_batch_and_keeps_order(d) {
+        const DELAY: Duration = Duration::from_millis(300);
+        let s = Server::builder(d).args(["--flush-delay", "300ms"]).start();
+        let mut c = s.ws("/ws?channels=board");
+        s.wait_connections(1);
+        let mut p = s.publisher();
+        let start = Instant::now();
+        for i in 0..20u64 {
+            assert_eq!(p.publish("board", format!("update {i}").as_bytes(), false), i + 1);
+        }
+        for i in 0..20 {
+            let m = c.recv(IO_TIMEOUT).unwrap_or_else(|e| panic!("message {i}: {e:?}"));
+            if i == 0 {
+                // The shard got the first message after `start` and held it for the delay.
+                assert!(start.elapsed() >= DELAY, "first message written after {:?}", start.elapsed());
+            }
+            assert!(m.text() == format!("update {i}"), "message {i} out of order or corrupted: {:?}", m.text());
+        }
+    }
 }
 
 const MSG: usize = 16 * 1024;
