@@ -10,7 +10,8 @@
 #   loadtest/targets.sh storm         19,000 connections drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
 #
-# Extra arguments go to crier-load. Every run is bounded in count and time.
+# Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
+# variables (e.g. CRIER_FLUSH_DELAY=50ms). Every run is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=${1:?usage: loadtest/targets.sh density|throughput|latency|compression|multiproc|storm|soak [crier-load args]}
