@@ -19,10 +19,14 @@
 //! peer-tokio-tungstenite --listen 127.0.0.1:8080 --publish-socket /tmp/peer.sock [--read-buffer-size 4096]
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bytes::{Buf, Bytes, BytesMut};
+use crier::channel::ChannelName;
+use crier::frame::MessageKind;
+use crier::publish::protocol::{self, Parsed};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixListener, UnixStream};
@@ -35,7 +39,6 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// Messages a connection may fall behind by before it loses some: 1 MiB of 256-byte
 /// messages, like crier's default `--max-queue-bytes`.
 const CHANNEL_CAPACITY: usize = 4096;
-const MAX_LINE: usize = 1024;
 const MAX_PAYLOAD: usize = 1024 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
@@ -148,99 +151,51 @@ async fn subscriber(stream: TcpStream, tx: broadcast::Sender<Message>, config: W
 
 /// One publisher connection speaking crier's pipelined protocol.
 async fn publisher(mut stream: UnixStream, tx: broadcast::Sender<Message>) {
-    let mut seqs: std::collections::HashMap<Bytes, u64> = Default::default();
+    let mut seqs: HashMap<ChannelName, u64> = HashMap::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = Vec::with_capacity(4096);
-    // (channel, payload length, binary, bad type) of a PUB whose payload has not fully arrived
-    let mut pending: Option<(Bytes, usize, bool, Option<String>)> = None;
     loop {
         match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut fatal = None;
-        loop {
-            if let Some((_, n, _, _)) = &pending {
-                let n = *n;
-                let term = match (buf.get(n), buf.get(n + 1)) {
-                    (None, _) => break,
-                    (Some(b'\n'), _) => 1,
-                    (Some(b'\r'), None) => break,
-                    (Some(b'\r'), Some(b'\n')) => 2,
-                    _ => {
-                        fatal = Some("payload not followed by CRLF".to_string());
+        // crier's own parser, so that the peer answers publishers exactly as crier does.
+        let mut used = 0;
+        let mut close = false;
+        while let Some((cmd, n)) = protocol::parse(&buf[used..], MAX_PAYLOAD) {
+            used += n;
+            match cmd {
+                Parsed::Publish { channel, kind, payload } => {
+                    let payload = Bytes::copy_from_slice(payload);
+                    let msg = match kind {
+                        MessageKind::Binary => Message::Binary(payload),
+                        // The parser has checked that a text payload is UTF-8.
+                        MessageKind::Text => Message::Text(Utf8Bytes::try_from(payload).expect("UTF-8")),
+                    };
+                    let seq = seqs.entry(channel).or_insert(0);
+                    *seq += 1;
+                    let _ = tx.send(msg); // Err only when nobody is subscribed
+                    out.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
+                }
+                Parsed::Ping => out.extend_from_slice(b"+PONG\r\n"),
+                Parsed::Empty => {}
+                Parsed::Refused { message, close: fatal, .. } => {
+                    out.extend_from_slice(format!("-ERR {message}\r\n").as_bytes());
+                    if fatal {
+                        close = true;
                         break;
                     }
-                };
-                let (channel, _, binary, bad_type) = pending.take().unwrap();
-                let payload = Bytes::copy_from_slice(&buf[..n]);
-                buf.advance(n + term);
-                let msg = if let Some(t) = bad_type {
-                    Err(format!("bad type '{t}': expected text or binary"))
-                } else if binary {
-                    Ok(Message::Binary(payload))
-                } else {
-                    Utf8Bytes::try_from(payload)
-                        .map(Message::Text)
-                        .map_err(|_| "text payload is not valid UTF-8".to_string())
-                };
-                match msg {
-                    Ok(msg) => {
-                        let seq = seqs.entry(channel).or_insert(0);
-                        *seq += 1;
-                        let _ = tx.send(msg); // Err only when nobody is subscribed
-                        out.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
-                    }
-                    Err(e) => out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes()),
                 }
-                continue;
-            }
-            let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-                if buf.len() > MAX_LINE {
-                    fatal = Some("line too long".to_string());
-                }
-                break;
-            };
-            if nl > MAX_LINE {
-                fatal = Some("line too long".to_string());
-                break;
-            }
-            let line = buf.split_to(nl + 1).freeze();
-            let line = line.strip_suffix(b"\n").unwrap();
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            match parts.as_slice() {
-                [b"PING"] => out.extend_from_slice(b"+PONG\r\n"),
-                [b"PUB", channel, n, rest @ ..] if rest.len() <= 1 => {
-                    let n = std::str::from_utf8(n).ok().filter(|n| n.bytes().all(|b| b.is_ascii_digit()));
-                    let Some(n) = n.and_then(|n| n.parse::<usize>().ok()).filter(|&n| n <= MAX_PAYLOAD) else {
-                        fatal = Some(format!("malformed length '{}'", String::from_utf8_lossy(parts[2])));
-                        break;
-                    };
-                    let (binary, bad_type) = match rest.first().copied() {
-                        None | Some(b"text") => (false, None),
-                        Some(b"binary") => (true, None),
-                        Some(t) => (false, Some(String::from_utf8_lossy(t).into_owned())),
-                    };
-                    buf.reserve(n + 2);
-                    pending = Some((Bytes::copy_from_slice(channel), n, binary, bad_type));
-                }
-                [cmd, ..] => out.extend_from_slice(
-                    format!("-ERR unknown command '{}'\r\n", String::from_utf8_lossy(cmd)).as_bytes(),
-                ),
-                [] => {}
             }
         }
-        if let Some(reason) = &fatal {
-            out.extend_from_slice(format!("-ERR {reason}\r\n").as_bytes());
-        }
+        buf.advance(used);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
             }
             out.clear();
         }
-        if fatal.is_some() {
+        if close {
             return;
         }
     }
