@@ -140,19 +140,24 @@ fn assert_fails_naming(e: &Exited, setting: &str, source: &str) {
     );
 }
 
+/// A server builder that leaves out its own value for `setting`, for the flags the harness
+/// passes itself, so that the value under test is the only one.
+fn builder_without(setting: &str) -> ServerBuilder {
+    let b = ServerBuilder::new(Driver::Epoll);
+    match setting {
+        "listen" => b.omit("--listen"),
+        "shards" => b.omit("--shards"),
+        "driver" => b.omit("--driver"),
+        _ => b,
+    }
+}
+
 #[test]
 fn invalid_flag_values() {
     for (setting, bad) in BAD {
         // `--name=value`, so a value starting with '-' is not read as a flag.
         let flag = format!("--{setting}={bad}");
-        let b = ServerBuilder::new(Driver::Epoll);
-        // Replace the harness's own value for flags it passes.
-        let b = match *setting {
-            "listen" => b.omit("--listen"),
-            "shards" => b.omit("--shards"),
-            "driver" => b.omit("--driver"),
-            _ => b,
-        };
+        let b = builder_without(setting);
         let e = b.arg(flag).run_expect_exit(EXIT_WAIT);
         assert_fails_naming(&e, setting, "flag");
     }
@@ -161,13 +166,7 @@ fn invalid_flag_values() {
 #[test]
 fn invalid_env_values() {
     for (setting, bad) in BAD {
-        let b = ServerBuilder::new(Driver::Epoll);
-        let b = match *setting {
-            "listen" => b.omit("--listen"),
-            "shards" => b.omit("--shards"),
-            "driver" => b.omit("--driver"),
-            _ => b,
-        };
+        let b = builder_without(setting);
         let e = b.env(&env_name(setting), bad).run_expect_exit(EXIT_WAIT);
         assert_fails_naming(&e, setting, "environment");
     }
@@ -176,13 +175,7 @@ fn invalid_env_values() {
 #[test]
 fn invalid_file_values() {
     for (setting, bad) in BAD {
-        let b = ServerBuilder::new(Driver::Epoll);
-        let b = match *setting {
-            "listen" => b.omit("--listen"),
-            "shards" => b.omit("--shards"),
-            "driver" => b.omit("--driver"),
-            _ => b,
-        };
+        let b = builder_without(setting);
         let cfg = write_config(&b, &format!("{setting} = \"{bad}\"\n"));
         let e = b.args(["--config", &cfg]).run_expect_exit(EXIT_WAIT);
         assert_fails_naming(&e, setting, "file");
