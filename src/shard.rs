@@ -494,13 +494,13 @@ pub fn run(
                 batch += 1;
                 if batch < MAX_BATCH {
                     next = rx.try_recv().ok();
-                }
-                if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
-                    // --flush-delay: let more broadcasts join this batch, so that each
-                    // connection gets them in one write. Connections keep being served.
-                    waited = true;
-                    monoio::time::sleep(shard.cfg.flush_delay).await;
-                    next = rx.try_recv().ok();
+                    if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
+                        // --flush-delay: let more broadcasts join this batch, so that each
+                        // connection gets them in one write. Connections keep being served.
+                        waited = true;
+                        monoio::time::sleep(shard.cfg.flush_delay).await;
+                        next = rx.try_recv().ok();
+                    }
                 }
             }
             shard.flush_dirty();
