@@ -19,6 +19,8 @@ macro_rules! labelled {
         pub enum $name { $($variant),+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// How many variants there are: the length of every array indexed by this enum.
+            pub const COUNT: usize = Self::ALL.len();
             pub fn label(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
             }
@@ -83,8 +85,8 @@ pub struct ShardMetrics {
     pub bytes_plain: AtomicU64,
     pub bytes_deflate: AtomicU64,
     pub client_messages: AtomicU64,
-    pub refused: [AtomicU64; 8],
-    pub closed: [AtomicU64; 8],
+    pub refused: [AtomicU64; RefuseReason::COUNT],
+    pub closed: [AtomicU64; CloseReason::COUNT],
     /// Cumulative delivery latency in microseconds, merged from the shard's local copy.
     pub latency: Mutex<Option<Histogram<u64>>>,
 }
@@ -93,7 +95,7 @@ pub struct ShardMetrics {
 pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     pub messages_published: AtomicU64,
-    pub publish_errors: [AtomicU64; 9],
+    pub publish_errors: [AtomicU64; PublishError::COUNT],
     pub publishers: AtomicUsize,
     pub frames_encoded: AtomicU64,
     pub compressions: AtomicU64,
@@ -275,5 +277,29 @@ mod tests {
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("crier_delivery_latency_seconds_count 1"));
+    }
+
+    #[test]
+    fn every_reason_has_a_counter_and_a_label() {
+        let m = Metrics::new(1);
+        for r in RefuseReason::ALL {
+            m.shards[0].refused[*r as usize].fetch_add(1, Relaxed);
+        }
+        for r in CloseReason::ALL {
+            m.shards[0].closed[*r as usize].fetch_add(1, Relaxed);
+        }
+        for e in PublishError::ALL {
+            m.publish_error(*e);
+        }
+        let text = m.render();
+        for r in RefuseReason::ALL {
+            assert!(text.contains(&format!("crier_connections_refused_total{{reason=\"{}\"}} 1", r.label())), "{r:?}");
+        }
+        for r in CloseReason::ALL {
+            assert!(text.contains(&format!("reason=\"{}\"}} 1", r.label())), "{r:?}");
+        }
+        for e in PublishError::ALL {
+            assert!(text.contains(&format!("crier_publish_errors_total{{reason=\"{}\"}} 1", e.label())), "{e:?}");
+        }
     }
 }
