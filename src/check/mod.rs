@@ -26,7 +26,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-pub use readings::{Conntrack, IoUring, Readings};
+pub use readings::{Conntrack, IoUring, NofileLimits, Readings, nofile_limits};
 pub use report::{Finding, MemoryEstimate, Report, Status, human_bytes, render_table};
 pub use rules::{FD_RESERVE, INFLIGHT_BYTES_PER_CONN, KERNEL_BYTES_PER_CONN, UNIT_NOFILE, USER_BYTES_PER_CONN, assess};
 

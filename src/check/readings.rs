@@ -4,16 +4,22 @@
 //!
 //! It owns the [`Readings`] type and the parsers of the kernel's text formats. It must never
 //! judge a value (that is `rules.rs`) or change the system: it only reads, and the io_uring
-//! probe closes its ring at once. A value that cannot be read is `None`, never a panic.
+//! probe (the shards' own, [`crate::shard::probe_io_uring`]) closes its ring at once. A value
+//! that cannot be read is `None`, never a panic. [`nofile_limits`] is `pub` so that the
+//! server's start-up reads RLIMIT_NOFILE through it too.
 
 use std::path::Path;
 
-/// Whether this process could set up an io_uring instance.
+/// Whether a shard started now could run on io_uring, as `crier serve --driver auto` decides
+/// it ([`crate::shard::probe_io_uring`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoUring {
     Available,
     /// `io_uring_setup` failed with this errno.
     Refused(i32),
+    /// `io_uring_setup` works, but the kernel lacks io_uring operations monoio needs (or
+    /// `MONOIO_FORCE_LEGACY_DRIVER` is set), so shards run on epoll.
+    Unsupported,
 }
 
 /// Connection tracking, which exists only while the nf_conntrack module is loaded.
@@ -60,7 +66,10 @@ pub struct Readings {
 impl Readings {
     /// Reads the live values of this machine and this process.
     pub fn from_system() -> Readings {
-        let (nofile_soft, nofile_hard) = nofile_limits();
+        let (nofile_soft, nofile_hard) = match nofile_limits() {
+            Ok(NofileLimits { soft, hard }) => (Some(soft), Some(hard)),
+            Err(_) => (None, None),
+        };
         let conntrack = if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
             Conntrack::Loaded {
                 max: sysctl_u64("net/netfilter/nf_conntrack_max"),
@@ -94,21 +103,30 @@ impl Readings {
             conntrack,
             mem_available: std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_meminfo_available(&s)),
             cpus: std::thread::available_parallelism().ok().map(|n| n.get()),
-            io_uring: probe_io_uring(),
+            io_uring: io_uring(),
             io_uring_disabled: sysctl_u64("kernel/io_uring_disabled"),
             page_size: u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096),
         }
     }
 }
 
-fn nofile_limits() -> (Option<u64>, Option<u64>) {
+/// The open-file limits of this process; `u64::MAX` stands for unlimited (`RLIM_INFINITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimits {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Reads RLIMIT_NOFILE (getrlimit(2)). `pub` so that the server's start-up, which raises the
+/// soft limit to the hard one, reads it the same way as `crier check`.
+pub fn nofile_limits() -> std::io::Result<NofileLimits> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit struct, which we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return (None, None);
+        return Err(std::io::Error::last_os_error());
     }
     let conv = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { u64::MAX } else { v };
-    (Some(conv(lim.rlim_cur)), Some(conv(lim.rlim_max)))
+    Ok(NofileLimits { soft: conv(lim.rlim_cur), hard: conv(lim.rlim_max) })
 }
 
 fn sysctl_text(key: &str) -> Option<String> {
@@ -158,20 +176,15 @@ fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
     }
 }
 
-/// Sets up (and closes at once) a 4-entry io_uring, the way monoio starts a shard.
-fn probe_io_uring() -> IoUring {
-    // struct io_uring_params is 120 bytes and must be zeroed; u64s keep it aligned.
-    let mut params = [0u64; 15];
-    // SAFETY: io_uring_setup(entries, params) reads and writes the 120-byte params struct,
-    // which we own; on success it returns a file descriptor that we close.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4 as libc::c_uint, params.as_mut_ptr()) };
-    if fd < 0 {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        return IoUring::Refused(errno);
+/// The same probe `crier serve` runs before choosing its driver, so the two never disagree.
+fn io_uring() -> IoUring {
+    match crate::shard::probe_io_uring() {
+        Ok(()) => IoUring::Available,
+        Err(e) => match e.raw_os_error() {
+            Some(errno) => IoUring::Refused(errno),
+            None => IoUring::Unsupported,
+        },
     }
-    // SAFETY: fd is the descriptor io_uring_setup just returned, owned by nobody else.
-    unsafe { libc::close(fd as libc::c_int) };
-    IoUring::Available
 }
 
 #[cfg(test)]
@@ -188,5 +201,16 @@ mod tests {
         assert_eq!(parse_port_list("\n"), Some(vec![]));
         assert_eq!(parse_port_list("8080,9100-9200"), Some(vec![(8080, 8080), (9100, 9200)]));
         assert_eq!(parse_port_list("x"), None);
+    }
+
+    /// getrlimit against the kernel's own account of this process, /proc/self/limits.
+    #[test]
+    fn nofile_limits_match_proc_self_limits() {
+        let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+        let value = |w: &str| if w == "unlimited" { u64::MAX } else { w.parse().expect("a number") };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (soft, hard) = (value(words[3]), value(words[4]));
+        assert_eq!(nofile_limits().expect("getrlimit"), NofileLimits { soft, hard });
     }
 }

@@ -280,6 +280,18 @@ fn io_uring(r: &Readings) -> Finding {
             };
             finding(ITEM, Status::Advice, current, String::new(), &why).fix(fix)
         }
+        IoUring::Unsupported => finding(
+            ITEM,
+            Status::Advice,
+            format!("blocked: missing operations → crier will use epoll{sysctl}"),
+            String::new(),
+            "io_uring_setup works, but this kernel's io_uring lacks operations monoio needs (or \
+             MONOIO_FORCE_LEGACY_DRIVER is set)",
+        )
+        .fix(
+            "nothing required (--driver auto uses epoll); to use io_uring: a newer kernel, or unset \
+             MONOIO_FORCE_LEGACY_DRIVER",
+        ),
     }
 }
 

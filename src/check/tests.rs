@@ -140,6 +140,20 @@ fn blocked_io_uring_is_advice_not_a_blocker() {
     assert!(get(&assess(&r, &args(10)), "io_uring").fix.as_deref().unwrap().contains("io_uring_disabled = 0"));
 }
 
+/// Kernels whose io_uring lacks what monoio needs: `crier serve --driver auto` runs on epoll
+/// there, and check says so instead of `available`.
+#[test]
+fn io_uring_without_the_operations_monoio_needs_is_advice() {
+    let mut r = tuned();
+    r.io_uring = IoUring::Unsupported;
+    let report = assess(&r, &args(100_000));
+    let f = get(&report, "io_uring");
+    assert_eq!(f.status, Status::Advice);
+    assert!(f.current.contains("→ crier will use epoll"), "{}", f.current);
+    assert!(f.fix.as_deref().unwrap().starts_with("nothing required"), "{f:#?}");
+    assert_eq!(report.verdict, "ok");
+}
+
 #[test]
 fn backlogs_are_judged_against_the_listen_backlog() {
     let mut r = tuned();
