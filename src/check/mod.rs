@@ -20,6 +20,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use crate::config;
+
 mod readings;
 mod report;
 mod rules;
@@ -34,17 +36,17 @@ pub use rules::{FD_RESERVE, INFLIGHT_BYTES_PER_CONN, KERNEL_BYTES_PER_CONN, UNIT
 #[derive(clap::Args, Debug, Clone)]
 pub struct CheckArgs {
     /// Connections this machine should hold (compare `crier serve --max-connections`).
-    #[arg(long, default_value = "100000", value_name = "N")]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS as u64, value_name = "N")]
     pub connections: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
     /// The address `crier serve --listen` will bind (checked against privileged ports and
     /// the local port range).
-    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    #[arg(long, default_value = config::DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
     /// The listen backlog `crier serve --backlog` will ask for (capped by somaxconn).
-    #[arg(long, default_value = "4096", value_name = "N")]
+    #[arg(long, default_value_t = config::DEFAULT_BACKLOG as u64, value_name = "N")]
     pub backlog: u64,
 }
 
