@@ -4,9 +4,9 @@
 //!
 //! This module owns the command line of `crier check` ([`CheckArgs`]) and [`run`], which
 //! wires the three steps together; it holds no rule and formats nothing itself:
-//! - `readings.rs`: what is read off the machine ([`Readings::from_system`]); a value that
+//! - `readings.rs`: what is read off the machine (`Readings::from_system`); a value that
 //!   cannot be read (a hidden `/proc`, a missing sysctl) is `None`, never a panic;
-//! - `rules.rs`: what each reading must be for N connections, and the advice ([`assess`], a
+//! - `rules.rs`: what each reading must be for N connections, and the advice (`assess`, a
 //!   pure function, so every rule is unit-tested on made-up machines in `tests.rs`);
 //! - `report.rs`: the table or JSON, and the exit status.
 //!
@@ -28,9 +28,9 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-pub use readings::{Conntrack, IoUring, NofileLimits, Readings, nofile_limits};
-pub use report::{Finding, MemoryEstimate, Report, Status, human_bytes, render_table};
-pub use rules::{FD_RESERVE, INFLIGHT_BYTES_PER_CONN, KERNEL_BYTES_PER_CONN, UNIT_NOFILE, USER_BYTES_PER_CONN, assess};
+use readings::Readings;
+pub use readings::{NofileLimits, nofile_limits};
+use rules::assess;
 
 /// Arguments of `crier check`.
 #[derive(clap::Args, Debug, Clone)]
