@@ -89,7 +89,7 @@ fn parse_admin(s: &str) -> Result<AdminListen, String> {
     }
     s.parse()
         .map(|a| AdminListen(Some(a)))
-        .map_err(|_| format!("'{s}' is not an address (e.g. 127.0.0.1:9100) or 'off'"))
+        .map_err(|_| format!("'{s}' is not an address (e.g. {DEFAULT_ADMIN_LISTEN}) or 'off'"))
 }
 
 fn parse_level(s: &str) -> Result<String, String> {
@@ -99,6 +99,17 @@ fn parse_level(s: &str) -> Result<String, String> {
     }
 }
 
+// Defaults that more than their own flag uses, defined once: `crier check` asks about the
+// same address, backlog and connection count as `crier serve` by default.
+/// Default of `--listen` (and of `crier check --listen`).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default of `--max-connections` (and of `crier check --connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default of `--admin-listen` (and the example in its error message).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+/// Default of `--backlog` (and of `crier check --backlog`).
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
 /// Settings of `crier serve`. Each one is also `CRIER_<NAME>` and a key of the `--config` file.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -107,7 +118,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT.
-    #[arg(long, env = "CRIER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    #[arg(long, env = "CRIER_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
 
     /// HTTP path that upgrades to WebSocket.
@@ -123,7 +134,7 @@ pub struct ServeArgs {
     pub driver: DriverChoice,
 
     /// Upgrades past this many open connections get 503.
-    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value = "100000", value_name = "N")]
+    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
     /// Time a client has to send its complete upgrade request.
@@ -185,7 +196,7 @@ pub struct ServeArgs {
     pub publish_socket_mode: u32,
 
     /// Admin HTTP address for /metrics and /healthz, or `off`.
-    #[arg(long, env = "CRIER_ADMIN_LISTEN", default_value = "127.0.0.1:9100", value_parser = parse_admin, value_name = "ADDR")]
+    #[arg(long, env = "CRIER_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN, value_parser = parse_admin, value_name = "ADDR")]
     pub admin_listen: AdminListen,
 
     /// On SIGTERM/SIGINT, time to flush close frames before exiting.
@@ -193,7 +204,7 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 
     /// Listen backlog of each shard's listener.
-    #[arg(long, env = "CRIER_BACKLOG", default_value = "4096", value_name = "N")]
+    #[arg(long, env = "CRIER_BACKLOG", default_value_t = DEFAULT_BACKLOG, value_name = "N")]
     pub backlog: i32,
 
     /// SO_SNDBUF of accepted sockets (e.g. 16KiB for density). [default: kernel's]

@@ -400,6 +400,8 @@ pub(crate) fn finish_message(mut m: Message) -> Message {
     m
 }
 
+// Our own encoder, not tungstenite's (crier parses with its FrameHeader): it checks the wire
+// independently.
 pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(((fin as u8) << 7) | ((rsv & 7) << 4) | (opcode & 0x0F));
