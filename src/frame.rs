@@ -206,6 +206,11 @@ fn parse_frames(
             Err(_) => return Err(protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
+        if len >> 63 != 0 {
+            // §5.2: in a 64-bit payload length "the most significant bit MUST be 0". Such a
+            // frame is malformed, not merely too big: 1002, not 1009.
+            return Err(protocol("64-bit payload length with the most significant bit set"));
+        }
         let Some(mask) = header.mask else {
             return Err(protocol("client frames must be masked")); // §5.1
         };
@@ -443,6 +448,11 @@ mod tests {
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xED], MASK), LIMITS).code, 1002);
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK), LIMITS).code, 1007);
         assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).code, 1009);
+        // A 64-bit length of 2^63 breaks §5.2; the largest legal one is only too big.
+        let msb = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(violation(&msb, LIMITS), protocol("64-bit payload length with the most significant bit set"));
+        let max = [0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
+        assert_eq!(violation(&max, LIMITS).code, 1009);
         let mut two = client_frame(0x01, b"a", MASK);
         two.extend(client_frame(0x81, b"b", MASK));
         assert_eq!(violation(&two, LIMITS).code, 1002);
