@@ -56,41 +56,24 @@ fn http_error_row(needle: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The README "Close codes sent by the server" table: (code, text of the row).
-fn close_rows() -> Vec<(u16, String)> {
+/// The rows of the README table "Close codes sent by the server", as written.
+fn close_table() -> Vec<String> {
     let readme = readme();
     let start = readme.find("### Close codes sent by the server").expect("README: close codes section");
     let section = &readme[start..];
     let end = section[4..].find("\n#").map_or(section.len(), |e| e + 4);
-    section[..end]
-        .lines()
-        .filter_map(|l| {
-            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
-            let code = cells.first()?.trim_matches('`').parse().ok()?;
-            Some((code, l.to_string()))
-        })
-        .collect()
+    section[..end].lines().filter(|l| l.starts_with('|')).map(str::to_string).collect()
 }
 
-#[test]
-fn length_with_most_significant_bit_set_is_1002() {
-    let s = Server::start(Driver::Epoll);
-    let mut c = s.ws("/ws");
-    s.wait_connections(1);
-    // RFC 6455 §5.2: "the most significant bit MUST be 0" in a 64-bit payload length.
-    // 2^63: a protocol error, not a message that is merely too big (1009).
-    let mut frame = vec![0x82u8, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
-    frame.extend_from_slice(&[1, 2, 3, 4]);
-    c.send_raw(&frame).unwrap();
-    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1002));
-    s.wait_metric("crier_connections_closed_total", &[("reason", "protocol_error")], IO_TIMEOUT, "1", |v| v == 1.0);
-    assert_eq!(s.metric0("crier_connections_closed_total", &[("reason", "message_too_big")]), 0.0);
-    // The largest length with the bit clear is still "too big".
-    let mut c = s.ws("/ws");
-    c.send_raw(&[0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4]).unwrap();
-    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1009));
-    let row = close_rows().into_iter().find(|(c, _)| *c == 1002).map(|(_, r)| r).unwrap_or_default();
-    assert!(row.contains("length"), "README 1002 row must name the 64-bit length rule: {row}");
+/// The rows of that table whose first cell is a code: (code, row).
+fn close_rows() -> Vec<(u16, String)> {
+    close_table()
+        .into_iter()
+        .filter_map(|l| {
+            let code = l.trim().trim_matches('|').split('|').next()?.trim().trim_matches('`').parse().ok()?;
+            Some((code, l))
+        })
+        .collect()
 }
 
 #[test]
@@ -160,8 +143,67 @@ fn body_on_the_upgrade_is_400() {
     let req = request(&[&host, UPGRADE, CONNECTION, &key, VERSION, "Content-Length: 0", "Content-Length: 5"]);
     expect_400(&s, "Content-Length: 0 and 5", &req, &["body"]);
     assert_eq!(refused(&s, "bad_request"), 3.0);
-    assert!(http_error_row("Content-Length").is_some_and(|r| r.contains("400")), "README must list a body on the upgrade");
+    assert!(
+        http_error_row("Content-Length").is_some_and(|r| r.contains("400")),
+        "README must list a body on the upgrade"
+    );
     // Content-Length: 0 announces no body: accepted.
     let c = WsClient::connect_with(s.ws, "/ws", &[("Content-Length", "0")]);
     assert!(c.is_ok(), "Content-Length: 0 must be upgraded: {:?}", c.err());
+}
+
+#[test]
+fn length_with_most_significant_bit_set_is_1002() {
+    let s = Server::start(Driver::Epoll);
+    let mut c = s.ws("/ws");
+    s.wait_connections(1);
+    // RFC 6455 §5.2: "the most significant bit MUST be 0" in a 64-bit payload length.
+    // 2^63: a protocol error, not a message that is merely too big (1009).
+    let mut frame = vec![0x82u8, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    c.send_raw(&frame).unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1002));
+    s.wait_metric("crier_connections_closed_total", &[("reason", "protocol_error")], IO_TIMEOUT, "1", |v| v == 1.0);
+    assert_eq!(s.metric0("crier_connections_closed_total", &[("reason", "message_too_big")]), 0.0);
+    // The largest length with the bit clear is still "too big".
+    let mut c = s.ws("/ws");
+    c.send_raw(&[0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4]).unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1009));
+    let row = close_rows().into_iter().find(|(c, _)| *c == 1002).map(|(_, r)| r).unwrap_or_default();
+    assert!(row.contains("length"), "README 1002 row must name the 64-bit length rule: {row}");
+}
+
+#[test]
+fn close_reply_echoes_the_clients_code_as_the_readme_says() {
+    let s = Server::start(Driver::Epoll);
+    // RFC 6455 §5.5.1: the endpoint "typically echos the status code it received".
+    for code in [1000u16, 1001, 3000, 4001] {
+        let mut c = s.ws("/ws");
+        c.send_close(code, "bye").unwrap();
+        assert_eq!(c.expect_close(IO_TIMEOUT), Some(code), "reply to a close with {code}");
+        c.expect_tcp_closed(IO_TIMEOUT);
+    }
+    // A close without a code (RFC 6455 §7.1.5: 1005, which is never sent) gets 1000.
+    let mut c = s.ws("/ws");
+    c.send_frame(true, 0, OP_CLOSE, b"", true).unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1000));
+    // The README says the same.
+    let rows = close_table();
+    let row = rows.iter().find(|r| r.to_lowercase().contains("client's close"));
+    let row = row.unwrap_or_else(|| panic!("README close table has no row for the reply to a close: {rows:?}"));
+    assert!(row.to_lowercase().contains("echo"), "README must say the reply echoes the client's code: {row}");
+}
+
+#[test]
+fn corrupt_deflate_is_1007_and_documented() {
+    let s = Server::start(Driver::Epoll);
+    let mut c = s.ws_deflate("/ws");
+    assert!(c.deflate, "permessage-deflate must be negotiated");
+    s.wait_connections(1);
+    // 0xFF: a DEFLATE block of reserved type 3, which no inflater accepts.
+    c.send_frame(true, RSV1, OP_BINARY, &[0xFF, 0xFF, 0xFF, 0xFF], true).unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1007));
+    let row = close_rows().into_iter().find(|(c, _)| *c == 1007).map(|(_, r)| r).unwrap_or_default();
+    assert!(row.to_lowercase().contains("deflate"), "README 1007 row must name corrupt permessage-deflate data: {row}");
+    s.assert_serving();
 }
