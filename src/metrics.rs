@@ -48,6 +48,7 @@ labelled!(
         Client => "client",
         ProtocolError => "protocol_error",
         InvalidUtf8 => "invalid_utf8",
+        BadCompression => "bad_compression",
         MessageTooBig => "message_too_big",
         SlowConsumer => "slow_consumer",
         IdleTimeout => "idle_timeout",

@@ -207,3 +207,22 @@ fn corrupt_deflate_is_1007_and_documented() {
     assert!(row.to_lowercase().contains("deflate"), "README 1007 row must name corrupt permessage-deflate data: {row}");
     s.assert_serving();
 }
+
+#[test]
+fn corrupt_deflate_is_counted_as_bad_compression_not_invalid_utf8() {
+    let s = Server::start(Driver::Epoll);
+    let mut c = s.ws_deflate("/ws");
+    assert!(c.deflate, "permessage-deflate must be negotiated");
+    s.wait_connections(1);
+    c.send_frame(true, RSV1, OP_TEXT, &[0xFF, 0xFF, 0xFF, 0xFF], true).unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1007));
+    let closed = |r| s.metric0("crier_connections_closed_total", &[("reason", r)]);
+    wait_until(IO_TIMEOUT, "the close to be counted", || closed("bad_compression") == 1.0);
+    assert_eq!(closed("invalid_utf8"), 0.0, "corrupt DEFLATE is not a UTF-8 error");
+    // Valid DEFLATE of invalid UTF-8 is still invalid_utf8.
+    let mut c = s.ws_deflate("/ws");
+    c.send_compressed(OP_TEXT, b"ok \xff\xfe").unwrap();
+    assert_eq!(c.expect_close(IO_TIMEOUT), Some(1007));
+    wait_until(IO_TIMEOUT, "the UTF-8 close to be counted", || closed("invalid_utf8") == 1.0);
+    assert_eq!(closed("bad_compression"), 1.0);
+}
