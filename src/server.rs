@@ -57,8 +57,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let publisher =
-        publish::bind(&cfg.publish_socket, cfg.publish_socket_mode).map_err(|e| format!("--publish-socket: {e}"))?;
+    let publisher = publish::bind(&cfg).map_err(|e| format!("--publish-socket: {e}"))?;
 
     // Shards.
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -10,7 +10,7 @@ pub mod protocol;
 
 use std::cell::RefCell;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -39,11 +39,71 @@ pub enum BindError {
     InUse(String),
     #[error("cannot create publisher socket {path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error("{0}")]
+    UnsafeDir(#[from] UnsafeDir),
+}
+
+/// The default socket's directory is not private to this user.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the default publisher socket directory {dir} {why}, so another local user could take the socket or read what publishers send; remove {dir} (crier creates it with mode 0700), or choose a socket with --publish-socket (or CRIER_PUBLISH_SOCKET)"
+)]
+pub struct UnsafeDir {
+    pub dir: String,
+    pub why: String,
+}
+
+/// Makes sure `dir`, the directory of the default socket, is private: a real directory
+/// (not a symlink), owned by this user, that no group or other user may enter. `create`
+/// makes it (mode 0700) when missing; without it a missing directory is left to the
+/// caller's connect to report.
+pub fn private_dir(dir: &Path, create: bool) -> Result<(), BindError> {
+    let shown = dir.display().to_string();
+    let unsafe_dir = |why: String| BindError::UnsafeDir(UnsafeDir { dir: shown.clone(), why });
+    if create {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            // Someone may have made it first: the checks below decide.
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(BindError::Io { path: shown.clone(), source: e });
+            }
+            _ => {}
+        }
+    }
+    // lstat: a symlink is judged by itself, since whoever made it chose where it points.
+    let meta = match dir.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(()),
+        Err(e) => return Err(BindError::Io { path: shown.clone(), source: e }),
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!("is owned by uid {}, not by this user (uid {me})", meta.uid())));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(unsafe_dir(format!("has mode {mode:04o}: its group or other users may enter it (must be 0700)")));
+    }
+    Ok(())
 }
 
 /// Binds the publisher socket: replaces a stale file from a crashed run, refuses to steal
-/// a live one, and applies `--publish-socket-mode`.
-pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, BindError> {
+/// a live one, and applies `--publish-socket-mode`. The default socket's directory is
+/// created private, and refused unless it is (see [`private_dir`]).
+pub fn bind(cfg: &Config) -> Result<std::os::unix::net::UnixListener, BindError> {
+    let (path, mode) = (cfg.publish_socket.as_path(), cfg.publish_socket_mode);
+    if cfg.publish_socket_is_default
+        && let Some(dir) = path.parent()
+    {
+        private_dir(dir, true)?;
+    }
     let shown = path.display().to_string();
     let io_err = |source| BindError::Io { path: shown.clone(), source };
     if path.symlink_metadata().is_ok() {
