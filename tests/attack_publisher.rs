@@ -11,9 +11,10 @@
 mod common;
 
 use common::*;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn euid() -> u32 {
@@ -28,6 +29,11 @@ fn default_socket_server(expected: &Path, envs: &[(&str, &str)]) -> Server {
         b = b.env(k, v);
     }
     b.start()
+}
+
+fn healthz(s: &Server) -> (u16, String) {
+    let r = s.admin_get("/healthz");
+    (r.status, r.body_text())
 }
 
 fn dir_mode(p: &Path) -> u32 {
@@ -117,4 +123,94 @@ fn default_directory_reachable_or_owned_by_others_is_refused() {
         assert_refused(&tmp, &dir, "owned by uid 65534");
         assert!(impostor.accept().is_err(), "crier publish connected to a socket in another user's directory");
     }
+}
+
+/// Connects to the publisher socket at `path`, or None.
+fn try_publish(path: &Path, payload: &str) -> Option<u64> {
+    let mut c = UnixStream::connect(path).ok()?;
+    c.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    c.write_all(&pub_command("*", payload.as_bytes(), None)).ok()?;
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).ok()?;
+    Some(parse_ok(line.trim_end()))
+}
+
+#[test]
+fn deleted_socket_is_recreated_and_reported() {
+    let s = Server::start(Driver::Epoll);
+    let mut sub = s.ws("/ws");
+    s.wait_connections(1);
+    assert_eq!(s.publish("*", "before"), 1);
+    assert_eq!(sub.expect_text(), "before");
+    // A publisher connected before the deletion keeps working: its connection is not the file.
+    let mut old = s.publisher();
+    std::fs::remove_file(&s.publish).unwrap();
+    let mut seq = None;
+    wait_until(IO_TIMEOUT, "the publisher socket to be recreated", || {
+        seq = try_publish(&s.publish, "after");
+        seq.is_some()
+    });
+    assert_eq!(seq, Some(2));
+    assert_eq!(sub.expect_text(), "after");
+    assert_eq!(old.publish("*", b"old connection", false), 3);
+    assert_eq!(sub.expect_text(), "old connection");
+    assert_eq!(s.metric0("crier_publish_socket_recreated_total", &[]), 1.0);
+    assert_eq!(s.metric0("crier_publish_socket_up", &[]), 1.0);
+    assert_eq!(healthz(&s).0, 200);
+    let meta = std::fs::metadata(&s.publish).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "recreated with --publish-socket-mode");
+    assert!(
+        s.wait_log(IO_TIMEOUT, |l| l.contains("recreated") && l.contains(&s.publish.display().to_string())).is_some(),
+        "the log must say the socket was recreated:\n{}",
+        s.log_text()
+    );
+}
+
+/// Puts a socket of our own at `path` in one step (rename), as another instance would.
+fn replace_with_own_socket(path: &Path) -> (UnixListener, u64) {
+    let tmp = PathBuf::from(format!("{}.new", path.display()));
+    let l = UnixListener::bind(&tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    let ino = std::fs::symlink_metadata(path).unwrap().ino();
+    (l, ino)
+}
+
+#[test]
+fn replaced_socket_is_reported_and_left_alone_at_exit() {
+    let mut s = Server::start(Driver::Epoll);
+    let path = s.publish.clone();
+    let shown = path.display().to_string();
+    assert_eq!(healthz(&s).0, 200);
+    let (theirs, _) = replace_with_own_socket(&path);
+    wait_until(IO_TIMEOUT, "/healthz to report the replaced socket", || healthz(&s).0 == 503);
+    let (_, body) = healthz(&s);
+    assert!(body.contains(&shown) && body.contains("replaced"), "/healthz must say what happened: {body:?}");
+    assert_eq!(s.metric0("crier_publish_socket_up", &[]), 0.0);
+    assert!(s.wait_log(IO_TIMEOUT, |l| l.contains("replaced") && l.contains(&shown)).is_some(), "{}", s.log_text());
+    // crier does not touch a file it did not create; once it is gone, crier takes the path back.
+    drop(theirs);
+    std::fs::remove_file(&path).unwrap();
+    wait_until(IO_TIMEOUT, "/healthz back to 200 after the path was freed", || healthz(&s).0 == 200);
+    assert_eq!(try_publish(&path, "back"), Some(1));
+    assert_eq!(s.metric0("crier_publish_socket_up", &[]), 1.0);
+
+    // Replaced again, then crier exits: the other socket must survive.
+    let (theirs, ino) = replace_with_own_socket(&path);
+    wait_until(IO_TIMEOUT, "/healthz to report the replaced socket", || healthz(&s).0 == 503);
+    s.sigterm();
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some_and(|st| st.success()), "clean exit");
+    let meta = std::fs::symlink_metadata(&path).expect("crier unlinked a socket it did not create");
+    assert_eq!(meta.ino(), ino, "the file at the path is not the other instance's socket");
+    let _c = UnixStream::connect(&path).expect("the other instance's socket must still answer");
+    theirs.set_nonblocking(false).unwrap();
+    assert!(theirs.accept().is_ok());
+}
+
+#[test]
+fn own_socket_is_removed_at_exit() {
+    let mut s = Server::start(Driver::Epoll);
+    let path = s.publish.clone();
+    s.sigterm();
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some_and(|st| st.success()), "clean exit");
+    assert!(std::fs::symlink_metadata(&path).is_err(), "crier's own socket must be removed at exit");
 }

@@ -7,15 +7,16 @@
 
 pub mod client;
 pub mod protocol;
+mod socket;
+
+pub use socket::{BindError, Bound, Checked, SocketFile, UnsafeDir, bind, private_dir};
 
 use std::cell::RefCell;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::{UnixListener, UnixStream};
 
@@ -32,108 +33,37 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
 }
 
-/// Why the publisher socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("another crier is already listening on {0}; stop it or choose another --publish-socket")]
-    InUse(String),
-    #[error("cannot create publisher socket {path}: {source}")]
-    Io { path: String, source: io::Error },
-    #[error("{0}")]
-    UnsafeDir(#[from] UnsafeDir),
-}
+/// How often the accept loop checks that the file at `--publish-socket` is still its socket.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
 
-/// The default socket's directory is not private to this user.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the default publisher socket directory {dir} {why}, so another local user could take the socket or read what publishers send; remove {dir} (crier creates it with mode 0700), or choose a socket with --publish-socket (or CRIER_PUBLISH_SOCKET)"
-)]
-pub struct UnsafeDir {
-    pub dir: String,
-    pub why: String,
-}
-
-/// Makes sure `dir`, the directory of the default socket, is private: a real directory
-/// (not a symlink), owned by this user, that no group or other user may enter. `create`
-/// makes it (mode 0700) when missing; without it a missing directory is left to the
-/// caller's connect to report.
-pub fn private_dir(dir: &Path, create: bool) -> Result<(), BindError> {
-    let shown = dir.display().to_string();
-    let unsafe_dir = |why: String| BindError::UnsafeDir(UnsafeDir { dir: shown.clone(), why });
-    if create {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            // Someone may have made it first: the checks below decide.
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(BindError::Io { path: shown.clone(), source: e });
-            }
-            _ => {}
-        }
-    }
-    // lstat: a symlink is judged by itself, since whoever made it chose where it points.
-    let meta = match dir.symlink_metadata() {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(()),
-        Err(e) => return Err(BindError::Io { path: shown.clone(), source: e }),
-    };
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir("is a symbolic link".into()));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_dir("is not a directory".into()));
-    }
-    if meta.uid() != me {
-        return Err(unsafe_dir(format!("is owned by uid {}, not by this user (uid {me})", meta.uid())));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(unsafe_dir(format!("has mode {mode:04o}: its group or other users may enter it (must be 0700)")));
-    }
-    Ok(())
-}
-
-/// Binds the publisher socket: replaces a stale file from a crashed run, refuses to steal
-/// a live one, and applies `--publish-socket-mode`. The default socket's directory is
-/// created private, and refused unless it is (see [`private_dir`]).
-pub fn bind(cfg: &Config) -> Result<std::os::unix::net::UnixListener, BindError> {
-    let (path, mode) = (cfg.publish_socket.as_path(), cfg.publish_socket_mode);
-    if cfg.publish_socket_is_default
-        && let Some(dir) = path.parent()
-    {
-        private_dir(dir, true)?;
-    }
-    let shown = path.display().to_string();
-    let io_err = |source| BindError::Io { path: shown.clone(), source };
-    if path.symlink_metadata().is_ok() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse(shown)),
-            Err(_) => {
-                tracing::info!("removing stale publisher socket {shown}");
-                std::fs::remove_file(path).map_err(io_err)?;
-            }
-        }
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
-    listener.set_nonblocking(true).map_err(io_err)?;
-    Ok(listener)
-}
-
-/// Accepts publishers until the process exits.
-pub async fn accept_loop(listener: UnixListener, ingress: Rc<Ingress>) {
+/// Accepts publishers until the process exits, and every [`SOCKET_CHECK`] checks the
+/// socket file (see [`SocketFile::check`]); a recreated socket replaces the listener here.
+pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress: Rc<Ingress>) {
+    let mut listener = listener;
+    let mut next_check = Instant::now() + SOCKET_CHECK;
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
+        let wait = next_check.saturating_duration_since(Instant::now());
+        // The control thread runs the epoll driver, where dropping a pending accept at the
+        // timeout cancels only a readiness wait (no accepted socket can be lost).
+        match monoio::time::timeout(wait, listener.accept()).await {
+            Ok(Ok((stream, _))) => {
                 monoio::spawn(serve(stream, ingress.clone()));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!("publisher accept: {e}");
                 monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => {}
+        }
+        if Instant::now() < next_check {
+            continue;
+        }
+        next_check = Instant::now() + SOCKET_CHECK;
+        if let Checked::Recreated(new) = file.check(&ingress.cfg, &ingress.metrics) {
+            match UnixListener::from_std(new) {
+                // The old listener's file is gone: nobody can connect to it any more.
+                Ok(new) => listener = new,
+                Err(e) => tracing::error!("publisher socket {}: {e}", file.path().display()),
             }
         }
     }
