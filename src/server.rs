@@ -208,11 +208,7 @@ fn control_thread(
                 return;
             }
         };
-        let ingress = Rc::new(Ingress {
-            hub: std::cell::RefCell::new(Hub::new(shards, metrics.clone())),
-            cfg,
-            metrics: metrics.clone(),
-        });
+        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone()));
         monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));

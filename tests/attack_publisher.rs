@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
@@ -213,4 +213,117 @@ fn own_socket_is_removed_at_exit() {
     s.sigterm();
     assert!(s.wait_exit(Duration::from_secs(10)).is_some_and(|st| st.success()), "clean exit");
     assert!(std::fs::symlink_metadata(&path).is_err(), "crier's own socket must be removed at exit");
+}
+
+/// Reads every reply line of the flooding publisher; says when the first `+OK` came, and
+/// returns how many came back.
+fn read_replies(stream: UnixStream, n: usize, first: std::sync::mpsc::Sender<()>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut r = BufReader::with_capacity(1 << 20, stream);
+        let mut line = Vec::new();
+        let mut ok = 0;
+        while ok < n {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.starts_with(b"+OK ") => ok += 1,
+                Ok(_) => panic!("flood publisher got {:?}", String::from_utf8_lossy(&line)),
+            }
+            if ok == 1 {
+                let _ = first.send(());
+            }
+        }
+        ok
+    })
+}
+
+/// Lets `stream` queue `bytes` in the kernel without blocking: SO_SNDBUFFORCE where
+/// allowed (root), else as much as SO_SNDBUF gives. With the whole backlog queued, the
+/// server always has more to read, which is the case a fair server must handle.
+fn big_send_buffer(stream: &UnixStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    const SO_SNDBUFFORCE: libc::c_int = 32; // Linux, asm-generic
+    let v = bytes as libc::c_int;
+    for opt in [SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: v lives across the call; the fd is open.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_flooding_publisher_does_not_hold_back_another() {
+    // Sized so that, on a server that lets one publisher run until its socket is empty,
+    // nothing else could get a turn: the whole backlog is queued in the kernel up front
+    // (where SO_SNDBUFFORCE is allowed), the flood's replies fit in its socket's buffer
+    // (~12 bytes each), and fewer messages than SHARD_QUEUE_HIGH_WATER (16 Ki) never
+    // trigger the publishers' backpressure pause.
+    const FLOOD: usize = 12_000;
+    let s = Server::builder(Driver::Epoll).args(["--max-queue-bytes", "64MiB"]).start();
+    let mut sub = s.ws("/ws?channels=c");
+    // A permessage-deflate subscriber makes the server compress each message once: more
+    // work per command, so the flood lasts long enough for the other publisher to send.
+    let mut zsub = s.ws_deflate("/ws?channels=c");
+    assert!(zsub.deflate);
+    s.wait_connections(2);
+    let rss_before = s.rss_bytes();
+    let filler: String = (0..1000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let mut backlog = Vec::with_capacity(FLOOD * 1100);
+    for i in 0..FLOOD {
+        let payload = if i == FLOOD - 1 { "LAST".to_string() } else { format!("f{i:07} {filler}") };
+        backlog.extend_from_slice(&pub_command("c", payload.as_bytes(), None));
+    }
+    let flood = UnixStream::connect(&s.publish).unwrap();
+    big_send_buffer(&flood, 2 * backlog.len());
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let replies = read_replies(flood.try_clone().unwrap(), FLOOD, first_tx);
+    let mut fair = s.publisher();
+    assert_eq!(fair.publish("other", b"warm-up", false), 1, "the second publisher is connected and served");
+    let mut writer = flood.try_clone().unwrap();
+    let t = Instant::now();
+    let sender = std::thread::spawn(move || writer.write_all(&backlog).map(|_| ()));
+    // Once the flood is being served, the other publisher sends one message.
+    first_rx.recv_timeout(IO_TIMEOUT).expect("the flood's first +OK");
+    let seq = fair.publish("c", b"FAIR", false);
+    let fair_ok = t.elapsed();
+    assert!(
+        (seq as usize) < FLOOD,
+        "the second publisher's message was sequenced after the whole flood (seq {seq}, flood {FLOOD}): publishers are not served fairly"
+    );
+    // The subscriber gets everything, and the second publisher's message before the flood's last.
+    let mut fair_at = None;
+    let mut got = 0;
+    while got < FLOOD + 1 {
+        let m = sub.recv(Duration::from_secs(30)).unwrap_or_else(|e| panic!("after {got} messages: {e:?}"));
+        got += 1;
+        match m.text() {
+            "FAIR" => fair_at = Some(got),
+            "LAST" => assert!(fair_at.is_some(), "the flood's last message arrived before the second publisher's"),
+            _ => {}
+        }
+    }
+    let flood_done = t.elapsed();
+    for _ in 0..FLOOD + 1 {
+        zsub.recv(Duration::from_secs(30)).expect("the deflate subscriber gets every message too");
+    }
+    assert_eq!(fair_at, Some(seq as usize), "delivered in sequence order");
+    sender.join().unwrap().unwrap();
+    assert_eq!(replies.join().unwrap(), FLOOD, "every flood command answered +OK");
+    let grown = s.rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "RSS grew by {grown} bytes during the flood");
+    eprintln!(
+        "second publisher's +OK {fair_ok:?} after the flood started, seq {seq} of {}; flood delivered after {flood_done:?}",
+        FLOOD + 1
+    );
 }

@@ -3,11 +3,14 @@
 //! The listener and every publisher connection run on the control thread, next to the
 //! hub, so a publish is parsed, sequenced, encoded and handed to the shards without
 //! crossing a thread. Replies are batched: one write answers every command parsed from one
-//! read, which is what makes pipelining cheap.
+//! read, which is what makes pipelining cheap. Publishers take turns (`turns.rs`): each
+//! handles a bounded number of commands and bytes, then lets the others run, so one that
+//! floods a backlog cannot hold back everyone else's messages.
 
 pub mod client;
 pub mod protocol;
 mod socket;
+mod turns;
 
 pub use socket::{BindError, Bound, Checked, SocketFile, UnsafeDir, bind, private_dir};
 
@@ -25,12 +28,21 @@ use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
 use crate::metrics::{Metrics, PublishError};
 use crate::sockio::{recv_some, send_all};
 use protocol::{MAX_LINE, Parsed};
+use turns::{TURN_BYTES, TURN_COMMANDS, Turns};
 
 /// What publisher tasks share on the control thread.
 pub struct Ingress {
     pub hub: RefCell<Hub>,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Publishers take turns: see [`turns`].
+    turns: Turns,
+}
+
+impl Ingress {
+    pub fn new(hub: Hub, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Self { hub: RefCell::new(hub), cfg, metrics, turns: Turns::default() }
+    }
 }
 
 /// How often the accept loop checks that the file at `--publish-socket` is still its socket.
@@ -41,6 +53,9 @@ const SOCKET_CHECK: Duration = Duration::from_secs(1);
 pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress: Rc<Ingress>) {
     let mut listener = listener;
     let mut next_check = Instant::now() + SOCKET_CHECK;
+    // Before any publisher is accepted, so that it has run before anyone yields.
+    let pump = ingress.clone();
+    monoio::spawn(async move { pump.turns.pump().await });
     loop {
         let wait = next_check.saturating_duration_since(Instant::now());
         // The control thread runs the epoll driver, where dropping a pending accept at the
@@ -85,11 +100,23 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut len = 0;
     let mut replies = Vec::with_capacity(1024);
+    // Work done in this turn (see `turns`): commands handled and bytes they used.
+    let (mut turn_commands, mut turn_bytes) = (0, 0);
     loop {
         let mut pos = 0;
         let mut close = false;
-        while let Some((cmd, used)) = protocol::parse(&buf[pos..len], max_payload) {
+        let mut turn_over = false;
+        loop {
+            if turn_commands >= TURN_COMMANDS || turn_bytes >= TURN_BYTES {
+                turn_over = true;
+                break;
+            }
+            let Some((cmd, used)) = protocol::parse(&buf[pos..len], max_payload) else {
+                break;
+            };
             pos += used;
+            turn_commands += 1;
+            turn_bytes += used;
             match cmd {
                 Parsed::Publish { channel, kind, payload } => {
                     if ingress.metrics.draining.load(Relaxed) {
@@ -126,6 +153,13 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         // its queue without bound. Accepted messages are never dropped.
         while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
             monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if turn_over {
+            // Let the other publishers (and /metrics) run, then go on with what is
+            // already buffered before reading more.
+            ingress.turns.yield_turn().await;
+            (turn_commands, turn_bytes) = (0, 0);
+            continue;
         }
         if len == buf.len() {
             buf.resize((buf.len() * 2).min(max_buf), 0);
