@@ -182,6 +182,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
     pub publish_socket: Option<PathBuf>,
 
+    /// Time a publisher has to finish a command it has started (the line and its payload);
+    /// past it the publisher gets -ERR and is disconnected. Idle publishers (between
+    /// commands) are never timed out.
+    #[arg(long, env = "CRIER_PUBLISH_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub publish_timeout: Duration,
+
     /// File mode of the publisher socket (octal); whoever may write it may publish.
     #[arg(long, env = "CRIER_PUBLISH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode, value_name = "MODE")]
     pub publish_socket_mode: u32,
@@ -251,6 +257,7 @@ pub struct Config {
     /// by `publish::bind`).
     pub publish_socket_is_default: bool,
     pub publish_socket_mode: u32,
+    pub publish_timeout: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub backlog: i32,
@@ -376,6 +383,9 @@ impl ServeArgs {
         if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return err("--ping-interval, --idle-timeout and --handshake-timeout must be above zero".into());
         }
+        if self.publish_timeout.is_zero() {
+            return err("--publish-timeout must be above zero".into());
+        }
         if self.idle_timeout <= self.ping_interval {
             return err(format!(
                 "--idle-timeout ({}) must be longer than --ping-interval ({}), or healthy clients get closed between pings",
@@ -442,6 +452,7 @@ impl ServeArgs {
             publish_socket_is_default: self.publish_socket.is_none(),
             publish_socket: self.publish_socket.unwrap_or_else(default_publish_socket),
             publish_socket_mode: self.publish_socket_mode,
+            publish_timeout: self.publish_timeout,
             admin_listen: self.admin_listen.0,
             drain_timeout: self.drain_timeout,
             backlog: self.backlog,

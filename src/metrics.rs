@@ -69,6 +69,7 @@ labelled!(
         LineTooLong => "line_too_long",
         MissingCrlf => "missing_crlf",
         ShuttingDown => "shutting_down",
+        Timeout => "timeout",
     }
 );
 

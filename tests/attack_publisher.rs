@@ -327,3 +327,90 @@ fn a_flooding_publisher_does_not_hold_back_another() {
         FLOOD + 1
     );
 }
+
+#[test]
+fn publisher_stuck_mid_command_is_timed_out_idle_one_is_not() {
+    let s = Server::builder(Driver::Epoll).args(["--publish-timeout", "1s"]).start();
+    let mut sub = s.ws("/ws?channels=a");
+    s.wait_connections(1);
+    let mut idle = s.publisher();
+    let t = Instant::now();
+    // Stuck mid-payload.
+    let mut stuck = s.publisher();
+    stuck.send(b"PUB a 10\r\nhel").unwrap();
+    let line = stuck.expect_line();
+    assert!(line.starts_with("-ERR ") && line.contains("publish-timeout"), "{line:?}");
+    assert!(t.elapsed() >= Duration::from_secs(1), "timed out before --publish-timeout");
+    stuck.expect_closed();
+    // Stuck mid-line.
+    let mut stuck = s.publisher();
+    stuck.send(b"PUB a").unwrap();
+    assert!(stuck.expect_line().contains("publish-timeout"));
+    stuck.expect_closed();
+    s.wait_metric("crier_publish_errors_total", &[("reason", "timeout")], IO_TIMEOUT, "2", |v| v == 2.0);
+    // The idle publisher waited longer than the timeout between commands: still served.
+    assert!(t.elapsed() > Duration::from_secs(2));
+    assert_eq!(idle.publish("a", b"still here", false), 1);
+    assert_eq!(sub.expect_text(), "still here");
+}
+
+#[test]
+fn trickling_publisher_does_not_reset_the_timeout() {
+    let s = Server::builder(Driver::Epoll).args(["--publish-timeout", "1s"]).start();
+    let mut p = s.publisher();
+    let mut w = p.stream.try_clone().unwrap();
+    let t = Instant::now();
+    // One byte every 100 ms of a 200-byte payload: progress, but the command never ends
+    // within the timeout, which counts from its first byte.
+    let trickle = std::thread::spawn(move || {
+        let _ = w.write_all(b"PUB a 200\r\n");
+        for _ in 0..200 {
+            if w.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100)); // pacing, not waiting for readiness
+        }
+    });
+    let line = p.expect_line();
+    assert!(line.contains("publish-timeout"), "{line:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "the deadline must not move with each byte: {:?}", t.elapsed());
+    p.expect_closed();
+    trickle.join().unwrap();
+}
+
+#[test]
+fn many_stuck_publishers_are_bounded_and_harm_no_one() {
+    const STUCK: usize = 64;
+    let s = Server::builder(Driver::Epoll).args(["--publish-timeout", "2s"]).start();
+    let mut sub = s.ws("/ws?channels=a");
+    s.wait_connections(1);
+    let rss_before = s.rss_bytes();
+    // Each sends the head of a 1 MiB payload and half of it, then stalls.
+    let half = vec![b'x'; 512 * 1024];
+    let mut stuck: Vec<Publisher> = (0..STUCK).map(|_| s.publisher()).collect();
+    for p in &mut stuck {
+        p.send(format!("PUB a {}\r\n", 1024 * 1024).as_bytes()).unwrap();
+        p.send(&half).unwrap();
+    }
+    s.wait_metric("crier_publishers", &[], IO_TIMEOUT, ">= STUCK", |v| v >= STUCK as f64);
+    // Meanwhile another publisher and the subscriber carry on.
+    let mut good = s.publisher();
+    for i in 1..=20u64 {
+        assert_eq!(good.publish("a", format!("m{i}").as_bytes(), false), i);
+        assert_eq!(sub.expect_text(), format!("m{i}"));
+    }
+    let peak = s.rss_bytes();
+    for p in &mut stuck {
+        let line = p.expect_line();
+        assert!(line.contains("publish-timeout"), "{line:?}");
+        p.expect_closed();
+    }
+    s.wait_metric("crier_publishers", &[], IO_TIMEOUT, "only the good one left", |v| v == 1.0);
+    assert_eq!(s.metric0("crier_publish_errors_total", &[("reason", "timeout")]), STUCK as f64);
+    // What the stuck publishers made crier hold is at most what they sent (plus slack).
+    let grown = peak.saturating_sub(rss_before);
+    assert!(grown < (STUCK as u64) * 2 * 1024 * 1024 + (32 << 20), "RSS grew by {grown} bytes");
+    eprintln!("{STUCK} publishers stuck with 512 KiB each: RSS {rss_before} -> {peak} bytes, all timed out");
+    assert_eq!(good.publish("a", b"after", false), 21);
+    assert_eq!(sub.expect_text(), "after");
+}

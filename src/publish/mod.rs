@@ -102,6 +102,9 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
     let mut replies = Vec::with_capacity(1024);
     // Work done in this turn (see `turns`): commands handled and bytes they used.
     let (mut turn_commands, mut turn_bytes) = (0, 0);
+    let timeout = ingress.cfg.publish_timeout;
+    // When the incomplete command at the front of `buf` began to arrive.
+    let mut started: Option<Instant> = None;
     loop {
         let mut pos = 0;
         let mut close = false;
@@ -149,10 +152,23 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         if close {
             return Ok(());
         }
+        // The clock of --publish-timeout runs while a command is incomplete, from its
+        // first byte: a new command starts it, a publisher with nothing buffered (idle
+        // between commands) has none.
+        if len == 0 {
+            started = None;
+        } else if pos > 0 || started.is_none() {
+            started = Some(Instant::now());
+        }
         // Backpressure: a shard that cannot keep up slows publishers instead of growing
         // its queue without bound. Accepted messages are never dropped.
+        let mut waited = false;
         while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
             monoio::time::sleep(Duration::from_millis(1)).await;
+            waited = true;
+        }
+        if waited && started.is_some() {
+            started = Some(Instant::now()); // crier's wait, not the publisher's
         }
         if turn_over {
             // Let the other publishers (and /metrics) run, then go on with what is
@@ -166,7 +182,27 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         } else if len == 0 && buf.len() > 64 * 1024 {
             buf = vec![0u8; 16 * 1024]; // give back what a large message needed
         }
-        let n = recv_some(stream, &mut buf[len..]).await?;
+        let n = match started {
+            None => recv_some(stream, &mut buf[len..]).await?,
+            Some(since) => {
+                let left = (since + timeout).saturating_duration_since(Instant::now());
+                // The control thread runs the epoll driver: dropping the read at the
+                // deadline cancels only a readiness wait.
+                match monoio::time::timeout(left, recv_some(stream, &mut buf[len..])).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        ingress.metrics.publish_error(PublishError::Timeout);
+                        let reply = format!(
+                            "-ERR publish timeout: command not complete within {} (--publish-timeout)\r\n",
+                            humantime::format_duration(timeout)
+                        );
+                        // Bounded too: a publisher that is stuck may not read either.
+                        let _ = monoio::time::timeout(timeout, send_all(stream, reply.as_bytes())).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
         if n == 0 {
             return Ok(());
         }
