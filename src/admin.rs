@@ -1,5 +1,6 @@
 //! Admin HTTP: `GET /metrics` (Prometheus text) and `GET /healthz`, on the admin address
-//! only (127.0.0.1 by default), never on the public WebSocket port.
+//! only (127.0.0.1 by default), never on the public WebSocket port. `/healthz` answers 503
+//! while draining, and while publishers cannot reach crier through `--publish-socket`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,7 +61,11 @@ fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'stat
         (Some("GET"), "/healthz") if metrics.draining.load(Relaxed) => {
             ("503 Service Unavailable", "text/plain", "draining\n".into())
         }
-        (Some("GET"), "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), "/healthz") => match metrics.publish_socket_trouble.lock().ok().and_then(|t| t.clone()) {
+            // Publishers cannot reach this crier: not healthy, and the body says why.
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+            None => ("200 OK", "text/plain", "ok\n".into()),
+        },
         (Some("GET"), _) => ("404 Not Found", "text/plain", "not found: try /metrics or /healthz\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "use GET\n".into()),
     }

@@ -187,9 +187,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub history_ttl: Duration,
 
-    /// Publisher Unix socket. [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock]
+    /// Publisher Unix socket. [default: publish.sock in a private directory (mode 0700, owned
+    /// by this user, checked): $XDG_RUNTIME_DIR/crier/, else $TMPDIR/crier-<uid>/ (TMPDIR
+    /// defaults to /tmp)]
     #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
     pub publish_socket: Option<PathBuf>,
+
+    /// Time a publisher has to finish a command it has started (the line and its payload);
+    /// past it the publisher gets -ERR and is disconnected. Idle publishers (between
+    /// commands) are never timed out.
+    #[arg(long, env = "CRIER_PUBLISH_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub publish_timeout: Duration,
 
     /// File mode of the publisher socket (octal); whoever may write it may publish.
     #[arg(long, env = "CRIER_PUBLISH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode, value_name = "MODE")]
@@ -256,7 +264,11 @@ pub struct Config {
     pub history_bytes: usize,
     pub history_ttl: Duration,
     pub publish_socket: PathBuf,
+    /// The socket is the default one, so its directory must be private (created and checked
+    /// by `publish::bind`).
+    pub publish_socket_is_default: bool,
     pub publish_socket_mode: u32,
+    pub publish_timeout: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub backlog: i32,
@@ -274,11 +286,24 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// The default publisher socket, shared by `crier serve` and `crier publish`.
+/// The default publisher socket, shared by `crier serve` and `crier publish`: `publish.sock`
+/// in [`default_publish_dir`].
 pub fn default_publish_socket() -> PathBuf {
+    default_publish_dir().join("publish.sock")
+}
+
+/// The directory of the default publisher socket: `$XDG_RUNTIME_DIR/crier`, else
+/// `$TMPDIR/crier-<uid>` (`/tmp/crier-<uid>` without TMPDIR). Its name can be guessed, so
+/// it is only used when it is private to this user: `publish::private_dir` creates it with
+/// mode 0700 and refuses one that someone else owns or may enter. A guessable socket name
+/// in /tmp itself would let any local user create it first, to block the server or to
+/// receive what `crier publish` sends.
+pub fn default_publish_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail; the directory belongs to the user files are created as.
+    let uid = unsafe { libc::geteuid() };
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => Path::new(&dir).join("crier.sock"),
-        _ => PathBuf::from(format!("/tmp/crier-{}.sock", unsafe { libc::getuid() })),
+        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => Path::new(&dir).join("crier"),
+        _ => std::env::temp_dir().join(format!("crier-{uid}")),
     }
 }
 
@@ -369,6 +394,9 @@ impl ServeArgs {
         if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return err("--ping-interval, --idle-timeout and --handshake-timeout must be above zero".into());
         }
+        if self.publish_timeout.is_zero() {
+            return err("--publish-timeout must be above zero".into());
+        }
         if self.idle_timeout <= self.ping_interval {
             return err(format!(
                 "--idle-timeout ({}) must be longer than --ping-interval ({}), or healthy clients get closed between pings",
@@ -432,8 +460,10 @@ impl ServeArgs {
             history_messages: self.history_messages,
             history_bytes: self.history_bytes.0 as usize,
             history_ttl: self.history_ttl,
+            publish_socket_is_default: self.publish_socket.is_none(),
             publish_socket: self.publish_socket.unwrap_or_else(default_publish_socket),
             publish_socket_mode: self.publish_socket_mode,
+            publish_timeout: self.publish_timeout,
             admin_listen: self.admin_listen.0,
             drain_timeout: self.drain_timeout,
             backlog: self.backlog,

@@ -275,7 +275,7 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
         }
     });
     if let Some(v) = result.err().or(violation) {
-        shard.close(conn, v.code, v.reason, reason_for(v.code), true);
+        shard.close(conn, v.code, v.reason, v.close_reason, true);
         return;
     }
     if let Some(code) = peer_closed {
@@ -295,28 +295,16 @@ fn check_message(shard: &Shard, kind: MessageKind, compressed: bool, payload: &[
     let mut inflater = shard.inflater.borrow_mut();
     let data = if compressed {
         inflater.inflate(payload, cap).map_err(|e| match e {
-            crate::deflate::InflateError::TooBig => {
-                Violation { code: close_code::MESSAGE_TOO_BIG, reason: "message too big after inflating" }
-            }
-            crate::deflate::InflateError::Corrupt => {
-                Violation { code: close_code::INVALID_PAYLOAD, reason: "message is not valid DEFLATE data" }
-            }
+            crate::deflate::InflateError::TooBig => Violation::too_big("message too big after inflating"),
+            crate::deflate::InflateError::Corrupt => Violation::bad_compression("message is not valid DEFLATE data"),
         })?
     } else {
         payload
     };
     if kind == MessageKind::Text && std::str::from_utf8(data).is_err() {
-        return Err(Violation { code: close_code::INVALID_PAYLOAD, reason: "text message is not valid UTF-8" });
+        return Err(Violation::invalid_utf8("text message is not valid UTF-8"));
     }
     Ok(())
-}
-
-fn reason_for(code: u16) -> CloseReason {
-    match code {
-        close_code::INVALID_PAYLOAD => CloseReason::InvalidUtf8,
-        close_code::MESSAGE_TOO_BIG => CloseReason::MessageTooBig,
-        _ => CloseReason::ProtocolError,
-    }
 }
 
 /// The writer task, alive only while the connection's queue waits on a full socket.

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+use crate::metrics::CloseReason;
+
 /// Close codes used by crier (RFC 6455 §7.4.1).
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
@@ -102,15 +104,41 @@ pub fn encode_close(code: u16, reason: &str) -> Frame {
     encode(OpCode::Control(Control::Close), false, &payload)
 }
 
-/// Why a client's frames broke the protocol, and the close code the RFC assigns.
+/// Why a client's frames or messages broke the rules: the close code the RFC assigns, the
+/// close frame's reason text, and what `crier_connections_closed_total` counts it as. Built
+/// only by the constructors below, so a code and its count never disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
     pub code: u16,
     pub reason: &'static str,
+    pub close_reason: CloseReason,
+}
+
+impl Violation {
+    /// 1002: the frames break RFC 6455 (§7.4.1).
+    pub const fn protocol(reason: &'static str) -> Violation {
+        Violation { code: close_code::PROTOCOL_ERROR, reason, close_reason: CloseReason::ProtocolError }
+    }
+
+    /// 1007: text (or a close reason) that is not UTF-8 (§8.1).
+    pub const fn invalid_utf8(reason: &'static str) -> Violation {
+        Violation { code: close_code::INVALID_PAYLOAD, reason, close_reason: CloseReason::InvalidUtf8 }
+    }
+
+    /// 1007 as well: a permessage-deflate payload that does not inflate (RFC 7692 §8.2.3.2
+    /// leaves the code to the endpoint; 1007 is "data inconsistent with the message type").
+    pub const fn bad_compression(reason: &'static str) -> Violation {
+        Violation { code: close_code::INVALID_PAYLOAD, reason, close_reason: CloseReason::BadCompression }
+    }
+
+    /// 1009: larger than `--max-client-message-bytes`.
+    pub const fn too_big(reason: &'static str) -> Violation {
+        Violation { code: close_code::MESSAGE_TOO_BIG, reason, close_reason: CloseReason::MessageTooBig }
+    }
 }
 
 const fn protocol(reason: &'static str) -> Violation {
-    Violation { code: close_code::PROTOCOL_ERROR, reason }
+    Violation::protocol(reason)
 }
 
 /// What a client sent, one event per complete control frame or data message.
@@ -206,6 +234,11 @@ fn parse_frames(
             Err(_) => return Err(protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
+        if len >> 63 != 0 {
+            // §5.2: in a 64-bit payload length "the most significant bit MUST be 0". Such a
+            // frame is malformed, not merely too big: 1002, not 1009.
+            return Err(protocol("64-bit payload length with the most significant bit set"));
+        }
         let Some(mask) = header.mask else {
             return Err(protocol("client frames must be masked")); // §5.1
         };
@@ -226,7 +259,7 @@ fn parse_frames(
         } else {
             let held = assembly.as_ref().map_or(0, |a| a.data.len()) as u64;
             if len.saturating_add(held) > limits.max_message as u64 {
-                return Err(Violation { code: close_code::MESSAGE_TOO_BIG, reason: "message too big" });
+                return Err(Violation::too_big("message too big"));
             }
         }
         let len = len as usize;
@@ -299,10 +332,8 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Violation> {
             if !allowed {
                 return Err(protocol("invalid close code"));
             }
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| Violation {
-                code: close_code::INVALID_PAYLOAD,
-                reason: "close reason is not valid UTF-8",
-            })?;
+            let reason = std::str::from_utf8(&payload[2..])
+                .map_err(|_| Violation::invalid_utf8("close reason is not valid UTF-8"))?;
             Ok(Some((code, reason)))
         }
     }
@@ -443,6 +474,18 @@ mod tests {
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xED], MASK), LIMITS).code, 1002);
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK), LIMITS).code, 1007);
         assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).code, 1009);
+        // A 64-bit length of 2^63 breaks §5.2; the largest legal one is only too big.
+        let msb = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(violation(&msb, LIMITS), protocol("64-bit payload length with the most significant bit set"));
+        let max = [0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
+        assert_eq!(violation(&max, LIMITS).code, 1009);
+        // Each violation carries what it is counted as, next to its code.
+        assert_eq!(violation(&client_frame(0x81, b"x", None), LIMITS).close_reason, CloseReason::ProtocolError);
+        let bad_reason = client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK);
+        assert_eq!(violation(&bad_reason, LIMITS).close_reason, CloseReason::InvalidUtf8);
+        assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).close_reason, CloseReason::MessageTooBig);
+        assert_eq!(Violation::bad_compression("x").code, 1007);
+        assert_eq!(Violation::bad_compression("x").close_reason, CloseReason::BadCompression);
         let mut two = client_frame(0x01, b"a", MASK);
         two.extend(client_frame(0x81, b"b", MASK));
         assert_eq!(violation(&two, LIMITS).code, 1002);

@@ -48,6 +48,7 @@ labelled!(
         Client => "client",
         ProtocolError => "protocol_error",
         InvalidUtf8 => "invalid_utf8",
+        BadCompression => "bad_compression",
         MessageTooBig => "message_too_big",
         SlowConsumer => "slow_consumer",
         IdleTimeout => "idle_timeout",
@@ -68,6 +69,7 @@ labelled!(
         LineTooLong => "line_too_long",
         MissingCrlf => "missing_crlf",
         ShuttingDown => "shutting_down",
+        Timeout => "timeout",
     }
 );
 
@@ -112,6 +114,11 @@ pub struct Metrics {
     pub messages_replayed: AtomicU64,
     /// Resumes that history could not satisfy: [gap, reset].
     pub resumes_unsatisfied: [AtomicU64; 2],
+    /// Why publishers cannot reach crier through `--publish-socket` (replaced, or deleted
+    /// and not recreated); `None` while the file there is crier's socket. Read by /healthz.
+    pub publish_socket_trouble: Mutex<Option<String>>,
+    /// Times the socket file was found deleted and bound again.
+    pub publish_socket_recreated: AtomicU64,
 }
 
 /// A fresh latency histogram: 1 µs to 1 hour, 3 significant digits.
@@ -136,6 +143,8 @@ impl Metrics {
             replays: AtomicU64::new(0),
             messages_replayed: AtomicU64::new(0),
             resumes_unsatisfied: Default::default(),
+            publish_socket_trouble: Mutex::new(None),
+            publish_socket_recreated: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +205,21 @@ impl Metrics {
         }
         head(&mut o, "crier_publishers", "gauge", "Connected publishers.");
         let _ = writeln!(o, "crier_publishers {}", self.publishers.load(Relaxed));
+        let socket_up = self.publish_socket_trouble.lock().map_or(true, |t| t.is_none());
+        head(
+            &mut o,
+            "crier_publish_socket_up",
+            "gauge",
+            "1 while the file at --publish-socket is crier's own socket, 0 while it is replaced or missing.",
+        );
+        let _ = writeln!(o, "crier_publish_socket_up {}", u8::from(socket_up));
+        head(
+            &mut o,
+            "crier_publish_socket_recreated_total",
+            "counter",
+            "Times the publisher socket file was found deleted and recreated.",
+        );
+        let _ = writeln!(o, "crier_publish_socket_recreated_total {}", self.publish_socket_recreated.load(Relaxed));
         head(&mut o, "crier_frames_encoded_total", "counter", "Broadcast frames built (once per message).");
         let _ = writeln!(o, "crier_frames_encoded_total {}", self.frames_encoded.load(Relaxed));
         head(&mut o, "crier_compressions_total", "counter", "Broadcast payloads deflated (at most once per message).");

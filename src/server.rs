@@ -57,8 +57,8 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let publisher =
-        publish::bind(&cfg.publish_socket, cfg.publish_socket_mode).map_err(|e| format!("--publish-socket: {e}"))?;
+    let publisher = publish::bind(&cfg).map_err(|e| format!("--publish-socket: {e}"))?;
+    let socket_file = publisher.file.clone();
 
     // Shards.
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -140,7 +140,8 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         }
     }
     drop(control);
-    let _ = std::fs::remove_file(&cfg.publish_socket);
+    // Only the socket this crier created: the path may now hold another instance's.
+    socket_file.remove_if_ours();
     tracing::info!("stopped");
     Ok(())
 }
@@ -179,7 +180,7 @@ fn control_thread(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardMsg>>,
-    publisher: std::os::unix::net::UnixListener,
+    publisher: publish::Bound,
     admin: Option<std::net::TcpListener>,
     stop: flume::Receiver<()>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -192,6 +193,7 @@ fn control_thread(
         }
     };
     rt.block_on(async move {
+        let publish::Bound { listener: publisher, file: socket_file } = publisher;
         let publisher = match monoio::net::UnixListener::from_std(publisher) {
             Ok(l) => l,
             Err(e) => {
@@ -206,12 +208,8 @@ fn control_thread(
                 return;
             }
         };
-        let ingress = Rc::new(Ingress {
-            hub: std::cell::RefCell::new(Hub::new(shards, metrics.clone())),
-            cfg,
-            metrics: metrics.clone(),
-        });
-        monoio::spawn(publish::accept_loop(publisher, ingress.clone()));
+        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone()));
+        monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));
         }

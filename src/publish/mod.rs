@@ -3,19 +3,23 @@
 //! The listener and every publisher connection run on the control thread, next to the
 //! hub, so a publish is parsed, sequenced, encoded and handed to the shards without
 //! crossing a thread. Replies are batched: one write answers every command parsed from one
-//! read, which is what makes pipelining cheap.
+//! read, which is what makes pipelining cheap. Publishers take turns (`turns.rs`): each
+//! handles a bounded number of commands and bytes, then lets the others run, so one that
+//! floods a backlog cannot hold back everyone else's messages.
 
 pub mod client;
 pub mod protocol;
+mod socket;
+mod turns;
+
+pub use socket::{BindError, Bound, Checked, SocketFile, UnsafeDir, bind, private_dir};
 
 use std::cell::RefCell;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::{UnixListener, UnixStream};
 
@@ -24,56 +28,57 @@ use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
 use crate::metrics::{Metrics, PublishError};
 use crate::sockio::{recv_some, send_all};
 use protocol::{MAX_LINE, Parsed};
+use turns::{TURN_BYTES, TURN_COMMANDS, Turns};
 
 /// What publisher tasks share on the control thread.
 pub struct Ingress {
     pub hub: RefCell<Hub>,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Publishers take turns: see [`turns`].
+    turns: Turns,
 }
 
-/// Why the publisher socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("another crier is already listening on {0}; stop it or choose another --publish-socket")]
-    InUse(String),
-    #[error("cannot create publisher socket {path}: {source}")]
-    Io { path: String, source: io::Error },
-}
-
-/// Binds the publisher socket: replaces a stale file from a crashed run, refuses to steal
-/// a live one, and applies `--publish-socket-mode`.
-pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, BindError> {
-    let shown = path.display().to_string();
-    let io_err = |source| BindError::Io { path: shown.clone(), source };
-    if path.symlink_metadata().is_ok() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse(shown)),
-            Err(_) => {
-                tracing::info!("removing stale publisher socket {shown}");
-                std::fs::remove_file(path).map_err(io_err)?;
-            }
-        }
+impl Ingress {
+    pub fn new(hub: Hub, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Self { hub: RefCell::new(hub), cfg, metrics, turns: Turns::default() }
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
-    listener.set_nonblocking(true).map_err(io_err)?;
-    Ok(listener)
 }
 
-/// Accepts publishers until the process exits.
-pub async fn accept_loop(listener: UnixListener, ingress: Rc<Ingress>) {
+/// How often the accept loop checks that the file at `--publish-socket` is still its socket.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
+/// Accepts publishers until the process exits, and every [`SOCKET_CHECK`] checks the
+/// socket file (see [`SocketFile::check`]); a recreated socket replaces the listener here.
+pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress: Rc<Ingress>) {
+    let mut listener = listener;
+    let mut next_check = Instant::now() + SOCKET_CHECK;
+    // Before any publisher is accepted, so that it has run before anyone yields.
+    let pump = ingress.clone();
+    monoio::spawn(async move { pump.turns.pump().await });
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
+        let wait = next_check.saturating_duration_since(Instant::now());
+        // The control thread runs the epoll driver, where dropping a pending accept at the
+        // timeout cancels only a readiness wait (no accepted socket can be lost).
+        match monoio::time::timeout(wait, listener.accept()).await {
+            Ok(Ok((stream, _))) => {
                 monoio::spawn(serve(stream, ingress.clone()));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!("publisher accept: {e}");
                 monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => {}
+        }
+        if Instant::now() < next_check {
+            continue;
+        }
+        next_check = Instant::now() + SOCKET_CHECK;
+        if let Checked::Recreated(new) = file.check(&ingress.cfg, &ingress.metrics) {
+            match UnixListener::from_std(new) {
+                // The old listener's file is gone: nobody can connect to it any more.
+                Ok(new) => listener = new,
+                Err(e) => tracing::error!("publisher socket {}: {e}", file.path().display()),
             }
         }
     }
@@ -95,11 +100,26 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut len = 0;
     let mut replies = Vec::with_capacity(1024);
+    // Work done in this turn (see `turns`): commands handled and bytes they used.
+    let (mut turn_commands, mut turn_bytes) = (0, 0);
+    let timeout = ingress.cfg.publish_timeout;
+    // When the incomplete command at the front of `buf` began to arrive.
+    let mut started: Option<Instant> = None;
     loop {
         let mut pos = 0;
         let mut close = false;
-        while let Some((cmd, used)) = protocol::parse(&buf[pos..len], max_payload) {
+        let mut turn_over = false;
+        loop {
+            if turn_commands >= TURN_COMMANDS || turn_bytes >= TURN_BYTES {
+                turn_over = true;
+                break;
+            }
+            let Some((cmd, used)) = protocol::parse(&buf[pos..len], max_payload) else {
+                break;
+            };
             pos += used;
+            turn_commands += 1;
+            turn_bytes += used;
             match cmd {
                 Parsed::Publish { channel, kind, payload } => {
                     if ingress.metrics.draining.load(Relaxed) {
@@ -132,17 +152,57 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         if close {
             return Ok(());
         }
+        // The clock of --publish-timeout runs while a command is incomplete, from its
+        // first byte: a new command starts it, a publisher with nothing buffered (idle
+        // between commands) has none.
+        if len == 0 {
+            started = None;
+        } else if pos > 0 || started.is_none() {
+            started = Some(Instant::now());
+        }
         // Backpressure: a shard that cannot keep up slows publishers instead of growing
         // its queue without bound. Accepted messages are never dropped.
+        let mut waited = false;
         while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
             monoio::time::sleep(Duration::from_millis(1)).await;
+            waited = true;
+        }
+        if waited && started.is_some() {
+            started = Some(Instant::now()); // crier's wait, not the publisher's
+        }
+        if turn_over {
+            // Let the other publishers (and /metrics) run, then go on with what is
+            // already buffered before reading more.
+            ingress.turns.yield_turn().await;
+            (turn_commands, turn_bytes) = (0, 0);
+            continue;
         }
         if len == buf.len() {
             buf.resize((buf.len() * 2).min(max_buf), 0);
         } else if len == 0 && buf.len() > 64 * 1024 {
             buf = vec![0u8; 16 * 1024]; // give back what a large message needed
         }
-        let n = recv_some(stream, &mut buf[len..]).await?;
+        let n = match started {
+            None => recv_some(stream, &mut buf[len..]).await?,
+            Some(since) => {
+                let left = (since + timeout).saturating_duration_since(Instant::now());
+                // The control thread runs the epoll driver: dropping the read at the
+                // deadline cancels only a readiness wait.
+                match monoio::time::timeout(left, recv_some(stream, &mut buf[len..])).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        ingress.metrics.publish_error(PublishError::Timeout);
+                        let reply = format!(
+                            "-ERR publish timeout: command not complete within {} (--publish-timeout)\r\n",
+                            humantime::format_duration(timeout)
+                        );
+                        // Bounded too: a publisher that is stuck may not read either.
+                        let _ = monoio::time::timeout(timeout, send_all(stream, reply.as_bytes())).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
         if n == 0 {
             return Ok(());
         }
