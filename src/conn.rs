@@ -55,6 +55,9 @@ pub struct Conn {
     pub writer_active: Cell<bool>,
     /// Queued in the shard's list of connections to flush.
     pub dirty: Cell<bool>,
+    /// Shut down both ways: the read loop stops at once, even while the peer keeps sending
+    /// (on Linux a socket shut down for reading still returns data that keeps arriving).
+    pub aborted: Cell<bool>,
 }
 
 impl Conn {
@@ -65,16 +68,20 @@ impl Conn {
     /// Shuts the socket down both ways: the read loop wakes and ends, a writer task errors
     /// out, and the fd is closed when the last `Rc` goes.
     pub fn abort(&self) {
+        self.aborted.set(true);
         // SAFETY: fd is owned by self.stream and still open.
         unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
     }
 
     /// Called when the outbound queue has drained while closing: our close frame is out.
     pub fn close_frame_sent(&self) {
-        if let State::Closing { hard, .. } = self.state.get() {
-            let how = if hard { libc::SHUT_RDWR } else { libc::SHUT_WR };
+        match self.state.get() {
+            State::Closing { hard: true, .. } => self.abort(),
             // SAFETY: as in abort.
-            unsafe { libc::shutdown(self.fd, how) };
+            State::Closing { hard: false, .. } => unsafe {
+                libc::shutdown(self.fd, libc::SHUT_WR);
+            },
+            State::Open => {}
         }
     }
 }
@@ -193,6 +200,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         state: Cell::new(State::Open),
         writer_active: Cell::new(false),
         dirty: Cell::new(false),
+        aborted: Cell::new(false),
     });
     shard.register(&conn, upgrade);
     if !leftover.is_empty() {
@@ -219,6 +227,14 @@ async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     let reason = loop {
         if conn.stream.readable(false).await.is_err() {
             break CloseReason::IoError;
+        }
+        if conn.aborted.get() {
+            // Cut off: what the peer still sends is not read (a client flooding us after a
+            // 1008 would otherwise keep this loop, and its socket, alive).
+            break match conn.state.get() {
+                State::Closing { reason, .. } => reason,
+                State::Open => CloseReason::IoError,
+            };
         }
         let result = {
             let mut scratch = shard.scratch.borrow_mut();
