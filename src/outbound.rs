@@ -5,6 +5,10 @@
 //! non-atomic refcount bump; writing it is part of one `sendmsg` that drains up to
 //! [`MAX_IOVECS`] queued frames. The write never blocks: `MSG_DONTWAIT` (accepted sockets
 //! are blocking under io_uring) and `MSG_NOSIGNAL` (a vanished peer is an error, not SIGPIPE).
+//!
+//! The queue also says whether it is over the bound (`--max-queue-bytes`), see
+//! [`OutboundQueue::over`]. Judging a connection is the shard's business, after a write
+//! attempt; the queue only counts.
 
 use std::collections::VecDeque;
 use std::io;
@@ -78,6 +82,12 @@ impl OutboundQueue {
     /// Bytes still to write.
     pub fn queued_bytes(&self) -> usize {
         self.total - self.head_written
+    }
+
+    /// Whether more than `max` bytes are still to write. A single frame never is on its own
+    /// (a message may be larger than the bound).
+    pub fn over(&self, max: usize) -> bool {
+        self.queued_bytes() > max && self.frames.len() > 1
     }
 
     pub fn is_empty(&self) -> bool {
@@ -190,6 +200,16 @@ mod tests {
         let mut got = vec![0; 1000];
         b.read_exact(&mut got).unwrap();
         assert!(got.chunks(10).enumerate().all(|(i, c)| c.iter().all(|x| *x == i as u8)));
+    }
+
+    #[test]
+    fn over_the_bound_takes_more_than_one_frame() {
+        let mut q = OutboundQueue::default();
+        q.push(frame(&[1; 100]));
+        assert!(!q.over(10), "one frame alone is never over the bound");
+        q.push(frame(&[2; 100]));
+        assert!(q.over(199));
+        assert!(!q.over(200));
     }
 
     #[test]
