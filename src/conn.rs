@@ -15,7 +15,7 @@ use monoio::net::TcpStream;
 
 use crate::channel::ChannelName;
 use crate::fanout::{Membership, Subscriber};
-use crate::frame::{self, Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
+use crate::frame::{Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
 use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::metrics::{CloseReason, RefuseReason};
 use crate::outbound::OutboundQueue;
@@ -267,11 +267,15 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let limits = ReaderLimits { max_message: shard.cfg.max_client_message_bytes, deflate: conn.deflate };
     let mut violation: Option<Violation> = None;
     let mut peer_closed: Option<u16> = None;
+    // RFC 6455 §5.5.3: only the most recent ping needs its pong. Of the pings in this read,
+    // only the last is answered (one pong, one allocation, however many pings came); every
+    // pong asked for counts against --max-queue-bytes until the client has taken as much.
+    let mut ping = PingPayload::default();
+    let mut asked = 0usize;
     let result = conn.reader.borrow_mut().feed(data, limits, &mut |event| match event {
         Event::Ping(payload) => {
-            if conn.is_open() {
-                shard.enqueue_control(conn, frame::encode_pong(payload).bytes().clone());
-            }
+            ping.replace(payload);
+            asked += pong_len(payload.len());
             true
         }
         Event::Pong => true,
@@ -294,6 +298,12 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
         shard.close(conn, v.code, v.reason, reason_for(v.code), true);
         return;
     }
+    // Before a close reply below: the pong answers a ping that came before the close.
+    if let Some(payload) = ping.get()
+        && conn.is_open()
+    {
+        shard.enqueue_pong(conn, payload, asked);
+    }
     if let Some(code) = peer_closed {
         match conn.state.get() {
             // §5.5.1: answer a close with a close (echoing the code), then close TCP.
@@ -303,6 +313,39 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
             State::Closing { .. } => conn.abort(),
         }
     }
+}
+
+/// The payload of the latest ping of one read, kept on the stack (a control frame's payload
+/// is at most 125 bytes, RFC 6455 §5.5; `FrameReader` refuses longer ones).
+struct PingPayload {
+    len: Option<usize>,
+    buf: [u8; 125],
+}
+
+impl Default for PingPayload {
+    fn default() -> Self {
+        Self { len: None, buf: [0; 125] }
+    }
+}
+
+impl PingPayload {
+    /// Keeps `payload` in place of the previous one (cut to 125 bytes, which the reader
+    /// already guarantees).
+    fn replace(&mut self, payload: &[u8]) {
+        let n = payload.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&payload[..n]);
+        self.len = Some(n);
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.len.map(|n| &self.buf[..n])
+    }
+}
+
+/// Bytes of the pong answering a ping with `payload` bytes of payload (≤ 125: a 2-byte
+/// header, and a server does not mask).
+fn pong_len(payload: usize) -> usize {
+    2 + payload
 }
 
 /// Inflates (if compressed) and checks a client's data message; the content is discarded.

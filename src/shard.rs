@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
@@ -35,6 +34,7 @@ use crate::history::{self, History, Notice, Request};
 use crate::hub::{self, Broadcast, ShardMsg};
 use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
 use crate::outbound::{Flush, OutFrame, Written};
+use crate::sockio;
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -287,9 +287,14 @@ impl Shard {
         }
     }
 
-    /// Queues a control frame (pong) for one connection; it is flushed with the next batch.
-    pub fn enqueue_control(&self, conn: &Rc<Conn>, bytes: Bytes) {
-        conn.out.borrow_mut().push(OutFrame::control(bytes));
+    /// Queues the pong answering a connection's latest ping, in place of a pending pong not
+    /// yet started (RFC 6455 §5.5.3), so a connection holds at most one. `asked`, the bytes
+    /// of all the pongs this one answers for, counts against --max-queue-bytes until the
+    /// client has taken as many bytes. Flushed (and the connection judged) with the next
+    /// flush.
+    pub fn enqueue_pong(&self, conn: &Rc<Conn>, payload: &[u8], asked: usize) {
+        let pong = OutFrame::control(frame::encode_pong(payload).bytes().clone());
+        conn.out.borrow_mut().push_pong(pong, asked);
         self.mark_dirty(conn);
     }
 
@@ -344,8 +349,8 @@ impl Shard {
     }
 
     /// Flushes every connection that got frames since the last flush, then judges it: the
-    /// bound is on what the client has not taken after this attempt, never on frames not
-    /// yet offered to its socket.
+    /// bound is on what the client has not taken after this attempt (plus pongs it owes),
+    /// never on frames not yet offered to its socket.
     pub fn flush_dirty(&self) {
         self.unflushed.set((0, 0));
         let max = self.cfg.max_queue_bytes;
@@ -353,7 +358,18 @@ impl Shard {
         for conn in list.drain(..) {
             conn.dirty.set(false);
             let blocked = self.flush_conn(&conn);
-            if blocked && conn.is_open() && conn.out.borrow().over(max) {
+            if !conn.is_open() {
+                continue;
+            }
+            let mut out = conn.out.borrow_mut();
+            if out.owes() {
+                // The kernel may take our pongs long after the client stopped reading; only
+                // its acknowledgements tell. Asked only of connections that sent pings.
+                out.peer_acked(sockio::bytes_acked(conn.fd));
+            }
+            let slow = (blocked || out.owes()) && out.over(max);
+            drop(out);
+            if slow {
                 self.close_slow_consumer(&conn);
             }
         }
