@@ -155,7 +155,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_FLUSH_DELAY", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub flush_delay: Duration,
 
-    /// Per-connection outbound backlog; a connection past it is closed with 1008.
+    /// Per-connection outbound backlog: a connection that, right after a write attempt, has
+    /// more than this left to take (pongs it asked for included) is closed with 1008.
     #[arg(long, env = "CRIER_MAX_QUEUE_BYTES", default_value = "1MiB", value_name = "SIZE")]
     pub max_queue_bytes: ByteSize,
 

@@ -15,7 +15,7 @@ use monoio::net::TcpStream;
 
 use crate::channel::ChannelName;
 use crate::fanout::{Membership, Subscriber};
-use crate::frame::{self, Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
+use crate::frame::{Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
 use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::metrics::{CloseReason, RefuseReason};
 use crate::outbound::OutboundQueue;
@@ -55,6 +55,9 @@ pub struct Conn {
     pub writer_active: Cell<bool>,
     /// Queued in the shard's list of connections to flush.
     pub dirty: Cell<bool>,
+    /// Shut down both ways: the read loop stops at once, even while the peer keeps sending
+    /// (on Linux a socket shut down for reading still returns data that keeps arriving).
+    pub aborted: Cell<bool>,
 }
 
 impl Conn {
@@ -65,16 +68,20 @@ impl Conn {
     /// Shuts the socket down both ways: the read loop wakes and ends, a writer task errors
     /// out, and the fd is closed when the last `Rc` goes.
     pub fn abort(&self) {
+        self.aborted.set(true);
         // SAFETY: fd is owned by self.stream and still open.
         unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
     }
 
     /// Called when the outbound queue has drained while closing: our close frame is out.
     pub fn close_frame_sent(&self) {
-        if let State::Closing { hard, .. } = self.state.get() {
-            let how = if hard { libc::SHUT_RDWR } else { libc::SHUT_WR };
+        match self.state.get() {
+            State::Closing { hard: true, .. } => self.abort(),
             // SAFETY: as in abort.
-            unsafe { libc::shutdown(self.fd, how) };
+            State::Closing { hard: false, .. } => unsafe {
+                libc::shutdown(self.fd, libc::SHUT_WR);
+            },
+            State::Open => {}
         }
     }
 }
@@ -193,6 +200,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         state: Cell::new(State::Open),
         writer_active: Cell::new(false),
         dirty: Cell::new(false),
+        aborted: Cell::new(false),
     });
     shard.register(&conn, upgrade);
     if !leftover.is_empty() {
@@ -219,6 +227,14 @@ async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     let reason = loop {
         if conn.stream.readable(false).await.is_err() {
             break CloseReason::IoError;
+        }
+        if conn.aborted.get() {
+            // Cut off: what the peer still sends is not read (a client flooding us after a
+            // 1008 would otherwise keep this loop, and its socket, alive).
+            break match conn.state.get() {
+                State::Closing { reason, .. } => reason,
+                State::Open => CloseReason::IoError,
+            };
         }
         let result = {
             let mut scratch = shard.scratch.borrow_mut();
@@ -251,11 +267,15 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let limits = ReaderLimits { max_message: shard.cfg.max_client_message_bytes, deflate: conn.deflate };
     let mut violation: Option<Violation> = None;
     let mut peer_closed: Option<u16> = None;
+    // RFC 6455 §5.5.3: only the most recent ping needs its pong. Of the pings in this read,
+    // only the last is answered (one pong, one allocation, however many pings came); every
+    // pong asked for counts against --max-queue-bytes until the client has taken as much.
+    let mut ping = PingPayload::default();
+    let mut asked = 0usize;
     let result = conn.reader.borrow_mut().feed(data, limits, &mut |event| match event {
         Event::Ping(payload) => {
-            if conn.is_open() {
-                shard.enqueue_control(conn, frame::encode_pong(payload).bytes().clone());
-            }
+            ping.replace(payload);
+            asked += pong_len(payload.len());
             true
         }
         Event::Pong => true,
@@ -278,6 +298,12 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
         shard.close(conn, v.code, v.reason, v.close_reason, true);
         return;
     }
+    // Before a close reply below: the pong answers a ping that came before the close.
+    if let Some(payload) = ping.get()
+        && conn.is_open()
+    {
+        shard.enqueue_pong(conn, payload, asked);
+    }
     if let Some(code) = peer_closed {
         match conn.state.get() {
             // §5.5.1: answer a close with a close (echoing the code), then close TCP.
@@ -287,6 +313,39 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
             State::Closing { .. } => conn.abort(),
         }
     }
+}
+
+/// The payload of the latest ping of one read, kept on the stack (a control frame's payload
+/// is at most 125 bytes, RFC 6455 §5.5; `FrameReader` refuses longer ones).
+struct PingPayload {
+    len: Option<usize>,
+    buf: [u8; 125],
+}
+
+impl Default for PingPayload {
+    fn default() -> Self {
+        Self { len: None, buf: [0; 125] }
+    }
+}
+
+impl PingPayload {
+    /// Keeps `payload` in place of the previous one (cut to 125 bytes, which the reader
+    /// already guarantees).
+    fn replace(&mut self, payload: &[u8]) {
+        let n = payload.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&payload[..n]);
+        self.len = Some(n);
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.len.map(|n| &self.buf[..n])
+    }
+}
+
+/// Bytes of the pong answering a ping with `payload` bytes of payload (≤ 125: a 2-byte
+/// header, and a server does not mask).
+fn pong_len(payload: usize) -> usize {
+    2 + payload
 }
 
 /// Inflates (if compressed) and checks a client's data message; the content is discarded.

@@ -101,22 +101,16 @@ impl<C: Subscriber> Subscribers<C> {
     }
 
     /// Queues a broadcast on each open subscriber of its channel. Connections that got a
-    /// frame are added to `dirty` (once); those whose queue would pass `max_queue` bytes
-    /// get nothing and are added to `slow`. One frame always fits an empty queue.
-    pub fn deliver(&self, frames: &ShardFrames, max_queue: usize, dirty: &mut Vec<Rc<C>>, slow: &mut Vec<Rc<C>>) {
+    /// frame are added to `dirty` (once). Nobody is judged here: `--max-queue-bytes` bounds
+    /// what a client has not taken after a write attempt, which the shard checks when it
+    /// flushes `dirty`; the shard bounds by bytes how much is queued between two flushes.
+    pub fn deliver(&self, frames: &ShardFrames, dirty: &mut Vec<Rc<C>>) {
         let mut deliver = |conn: &Rc<C>| {
             if !conn.is_open() || !conn.accepts(&frames.channel, frames.seq) {
                 return;
             }
             let f = frames.pick(conn.wants_envelope(), conn.wants_deflate());
-            let mut out = conn.outbound().borrow_mut();
-            if !out.is_empty() && out.queued_bytes() + f.len() > max_queue {
-                drop(out);
-                slow.push(conn.clone());
-                return;
-            }
-            out.push(f.clone());
-            drop(out);
+            conn.outbound().borrow_mut().push(f.clone());
             if !conn.dirty_flag().replace(true) {
                 dirty.push(conn.clone());
             }
@@ -235,30 +229,15 @@ mod tests {
         subs.insert(a.clone(), names(&["x"]));
         let mb = subs.insert(b.clone(), names(&["x", "y"]));
         subs.insert(c.clone(), names(&["x"]));
-        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
-        subs.deliver(
-            &ShardFrames::new(&broadcast("x", true), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
-        subs.deliver(
-            &ShardFrames::new(&broadcast("y", false), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
-        subs.deliver(
-            &ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
+        let mut dirty = Vec::new();
+        let metrics = Arc::new(Metrics::new(1));
+        subs.deliver(&ShardFrames::new(&broadcast("x", true), &metrics), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("y", false), &metrics), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("*", false), &metrics), &mut dirty);
         assert_eq!(a.out.borrow().queued_bytes(), 7 + 7);
         assert_eq!(b.out.borrow().queued_bytes(), 4 + 7 + 7, "deflate frame for x, plain for y and *");
         assert_eq!(c.out.borrow().queued_bytes(), 0, "closing connections get nothing");
         assert_eq!(dirty.len(), 2, "each connection is marked dirty once");
-        assert!(slow.is_empty());
         assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 1);
         assert!(subs.remove(mb));
         assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 0);
@@ -266,16 +245,18 @@ mod tests {
     }
 
     #[test]
-    fn bound_marks_slow_consumers() {
+    fn delivery_never_judges_what_was_not_offered() {
+        // Frames queued before any write attempt are not a backlog yet: deliver queues them
+        // all, and it is the shard's flush that judges what the socket did not take.
         let mut subs = Subscribers::default();
         let a = Rc::new(Fake::default());
         subs.insert(a.clone(), vec![]);
-        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
+        let mut dirty = Vec::new();
         let frames = ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1)));
         for _ in 0..3 {
-            subs.deliver(&frames, 15, &mut dirty, &mut slow);
+            subs.deliver(&frames, &mut dirty);
         }
-        assert_eq!(a.out.borrow().queued_bytes(), 14, "two 7-byte frames fit in 15");
-        assert_eq!(slow.len(), 1);
+        assert_eq!(a.out.borrow().queued_bytes(), 21);
+        assert_eq!(dirty.len(), 1);
     }
 }

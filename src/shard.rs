@@ -4,8 +4,11 @@
 //! The only thing that crosses into a shard is an `Arc<Broadcast>` from the hub (and the
 //! drain order). For each broadcast the shard wraps the encoded frame in one `Rc`, queues
 //! that `Rc` on every subscriber, then flushes each touched connection with one vectored
-//! write. One sweep task per shard sends pings, enforces the idle timeout and closes
-//! stragglers; there is no timer per connection. Nothing here takes a lock on the write path.
+//! write. A batch of broadcasts queued before a flush is bounded by count and by bytes, and
+//! a connection is judged slow only right after a write attempt, on what it did not take
+//! (see ARCHITECTURE.md, "Architecture invariants"). One sweep task per shard sends pings,
+//! enforces the idle timeout and closes stragglers; there is no timer per connection.
+//! Nothing here takes a lock on the write path.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -14,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
@@ -32,11 +34,17 @@ use crate::history::{self, History, Notice, Request};
 use crate::hub::{self, Broadcast, ShardMsg};
 use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
 use crate::outbound::{Flush, OutFrame, Written};
+use crate::sockio;
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Broadcasts handled before flushing, when the hub's queue has a backlog.
 const MAX_BATCH: usize = 256;
+/// A batch also ends once its broadcasts reach `--max-queue-bytes` / this many bytes. Every
+/// queue then gets a write attempt before it can grow by more, so a connection that takes
+/// what it is offered is never over the bound for frames the shard has not yet tried to
+/// write. Half the bound leaves the other half for what a socket has not drained yet.
+const BATCH_SHARE_OF_QUEUE: usize = 2;
 /// A connection that has not finished its close handshake this long after our close frame
 /// is cut off.
 const CLOSE_GRACE_MS: u64 = 2_000;
@@ -100,6 +108,10 @@ pub struct Shard {
     pub handshake: HandshakeConfig,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
+    /// Broadcasts queued since the last flush, and their bytes: the batch being built.
+    unflushed: Cell<(usize, usize)>,
+    /// Bytes after which a batch ends (see [`BATCH_SHARE_OF_QUEUE`]).
+    batch_bytes: usize,
     pub scratch: RefCell<Box<[u8]>>,
     pub inflater: RefCell<Inflater>,
     latency: RefCell<Histogram<u64>>,
@@ -123,6 +135,7 @@ impl Shard {
         let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
+        let batch_bytes = cfg.max_queue_bytes / BATCH_SHARE_OF_QUEUE;
         Self {
             id,
             cfg,
@@ -130,6 +143,8 @@ impl Shard {
             handshake,
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
+            unflushed: Cell::new((0, 0)),
+            batch_bytes,
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             inflater: RefCell::new(Inflater::new()),
             latency: RefCell::new(new_latency_histogram()),
@@ -145,11 +160,17 @@ impl Shard {
     /// Applies broadcasts the hub has already sent (and acknowledged to publishers) but this
     /// shard has not handled yet, so that a new subscriber's `last=`/`since=` sees them in
     /// history rather than as live traffic. A drain order met here goes back on the queue
-    /// for the main loop.
+    /// for the main loop. Flushes whenever a batch is full, as the main loop does, so a
+    /// backlog met here cannot make subscribers look slow either.
     fn apply_pending(&self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                ShardMsg::Broadcast(b) => self.enqueue_broadcast(&b),
+                ShardMsg::Broadcast(b) => {
+                    self.enqueue_broadcast(&b);
+                    if !self.batch_has_room() {
+                        self.flush_dirty();
+                    }
+                }
                 ShardMsg::Drain => {
                     let _ = self.requeue.send(ShardMsg::Drain);
                     break;
@@ -266,9 +287,14 @@ impl Shard {
         }
     }
 
-    /// Queues a control frame (pong) for one connection; it is flushed with the next batch.
-    pub fn enqueue_control(&self, conn: &Rc<Conn>, bytes: Bytes) {
-        conn.out.borrow_mut().push(OutFrame::control(bytes));
+    /// Queues the pong answering a connection's latest ping, in place of a pending pong not
+    /// yet started (RFC 6455 §5.5.3), so a connection holds at most one. `asked`, the bytes
+    /// of all the pongs this one answers for, counts against --max-queue-bytes until the
+    /// client has taken as many bytes. Flushed (and the connection judged) with the next
+    /// flush.
+    pub fn enqueue_pong(&self, conn: &Rc<Conn>, payload: &[u8], asked: usize) {
+        let pong = OutFrame::control(frame::encode_pong(payload).bytes().clone());
+        conn.out.borrow_mut().push_pong(pong, asked);
         self.mark_dirty(conn);
     }
 
@@ -289,18 +315,27 @@ impl Shard {
     }
 
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
+    /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
         self.history.borrow_mut().record(b);
         let frames = ShardFrames::new(b, &self.metrics);
-        let mut slow = Vec::new();
-        self.subscribers.borrow().deliver(&frames, self.cfg.max_queue_bytes, &mut self.dirty.borrow_mut(), &mut slow);
-        for conn in slow {
-            self.close_slow_consumer(&conn);
-        }
+        self.subscribers.borrow().deliver(&frames, &mut self.dirty.borrow_mut());
+        let (count, bytes) = self.unflushed.get();
+        self.unflushed.set((count + 1, bytes + b.plain.len()));
     }
 
-    /// A connection whose backlog passed --max-queue-bytes: close 1008 and cut it off now,
-    /// since a client that does not read will not read our close frame either.
+    /// Whether the batch being built may take another broadcast before a flush: fewer than
+    /// [`MAX_BATCH`] broadcasts and fewer than `batch_bytes` bytes queued since the last one.
+    /// (The largest frame a connection gets, the envelope, is the plain one plus a header
+    /// line; a deflated one is smaller.)
+    fn batch_has_room(&self) -> bool {
+        let (count, bytes) = self.unflushed.get();
+        count < MAX_BATCH && bytes < self.batch_bytes
+    }
+
+    /// A connection whose backlog, right after a write attempt, is over --max-queue-bytes:
+    /// close 1008 and cut it off now, since a client that does not read will not read our
+    /// close frame either.
     fn close_slow_consumer(&self, conn: &Rc<Conn>) {
         self.close(
             conn,
@@ -313,12 +348,30 @@ impl Shard {
         conn.abort();
     }
 
-    /// Flushes every connection that got frames since the last flush.
+    /// Flushes every connection that got frames since the last flush, then judges it: the
+    /// bound is on what the client has not taken after this attempt (plus pongs it owes),
+    /// never on frames not yet offered to its socket.
     pub fn flush_dirty(&self) {
+        self.unflushed.set((0, 0));
+        let max = self.cfg.max_queue_bytes;
         let mut list = std::mem::take(&mut *self.dirty.borrow_mut());
         for conn in list.drain(..) {
             conn.dirty.set(false);
-            self.flush_conn(&conn);
+            let blocked = self.flush_conn(&conn);
+            if !conn.is_open() {
+                continue;
+            }
+            let mut out = conn.out.borrow_mut();
+            if out.owes() {
+                // The kernel may take our pongs long after the client stopped reading; only
+                // its acknowledgements tell. Asked only of connections that sent pings.
+                out.peer_acked(sockio::bytes_acked(conn.fd));
+            }
+            let slow = (blocked || out.owes()) && out.over(max);
+            drop(out);
+            if slow {
+                self.close_slow_consumer(&conn);
+            }
         }
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
@@ -479,7 +532,6 @@ pub fn run(
         monoio::spawn(sweep_loop(shard.clone()));
         while let Ok(msg) = rx.recv_async().await {
             let mut next = Some(msg);
-            let mut batch = 0;
             let mut waited = false;
             while let Some(msg) = next.take() {
                 match msg {
@@ -491,8 +543,7 @@ pub fn run(
                         return;
                     }
                 }
-                batch += 1;
-                if batch < MAX_BATCH {
+                if shard.batch_has_room() {
                     next = rx.try_recv().ok();
                     if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
                         // --flush-delay: let more broadcasts join this batch, so that each
@@ -504,8 +555,30 @@ pub fn run(
                 }
             }
             shard.flush_dirty();
+            if !rx.is_empty() {
+                // A backlog: `recv_async` would return at once and this task would never
+                // give way. Let the writers, read loops and accept loop run (and the driver
+                // poll) between two batches, so that a connection blocked on its socket can
+                // drain before it is offered the next batch.
+                yield_now().await;
+            }
         }
     });
+}
+
+/// Gives way to every other ready task of the runtime once (monoio 0.2 has no public
+/// `yield_now`): the first poll wakes itself and returns `Pending`.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

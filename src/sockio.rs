@@ -76,3 +76,16 @@ pub async fn send_all(sock: &impl Waitable, mut data: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Bytes of ours the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1+): it grows only
+/// while the client takes what we send, since a client that stops reading closes its
+/// receive window. `None` if the kernel does not say.
+pub fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info is valid for writes of len bytes; the kernel writes at most len.
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+}
