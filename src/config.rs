@@ -122,7 +122,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_DRIVER", value_enum, default_value = "auto")]
     pub driver: DriverChoice,
 
-    /// Upgrades past this many open connections get 503.
+    /// Sockets on the WebSocket port (upgraded or still in the handshake) past this get 503.
+    /// Lowered at start to what RLIMIT_NOFILE holds after the reserve.
     #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value = "100000", value_name = "N")]
     pub max_connections: usize,
 

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. The binary (`main.rs`) only dispatches subcommands.
 
 pub mod admin;
+pub mod capacity;
 pub mod channel;
 pub mod check;
 pub mod config;

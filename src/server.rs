@@ -23,7 +23,7 @@ use crate::hub::{Hub, ShardMsg};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::publish::{self, Ingress};
-use crate::{admin, shard};
+use crate::{admin, capacity, shard};
 
 /// Runs the server until a signal has drained it. Errors at start-up exit non-zero.
 pub fn run(cfg: Config) -> ExitCode {
@@ -41,8 +41,11 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Before anything can report ready: a SIGTERM from then on must drain, not kill.
     let signals = install_signal_handlers()?;
-    raise_nofile(&cfg);
+    let nofile = raise_nofile();
     let metrics = Arc::new(Metrics::new(cfg.shards));
+    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards)?;
+    log_budget(&budget);
+    metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
 
     let (listeners, ws_addr) = bind_ws(&cfg)?;
@@ -236,14 +239,14 @@ fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str 
     if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit and warns when that cannot hold
-/// --max-connections.
-fn raise_nofile(cfg: &Config) {
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
+fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into lim.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-        return;
+        // What Linux gives a process by default.
+        return 1024;
     }
     let old = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
@@ -255,13 +258,26 @@ fn raise_nofile(cfg: &Config) {
         }
     }
     tracing::info!("RLIMIT_NOFILE: soft {old} -> {} (hard {})", lim.rlim_cur, lim.rlim_max);
-    // Each connection is one fd; shards, listeners, the publisher socket and logs need a few.
-    let needed = cfg.max_connections as u64 + 64 + 8 * cfg.shards as u64;
-    if lim.rlim_cur < needed {
+    lim.rlim_cur
+}
+
+/// Logs the connection limit in force, with a warning when RLIMIT_NOFILE lowered it.
+fn log_budget(b: &capacity::Budget) {
+    if b.derived() {
         tracing::warn!(
-            "RLIMIT_NOFILE {} cannot hold --max-connections {} (needs about {needed}): raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf), or lower --max-connections",
-            lim.rlim_cur,
-            cfg.max_connections
+            "max connections: {} (--max-connections {} cannot be held: RLIMIT_NOFILE {} less {} descriptors reserved for publishers, the admin port and refusals); raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf) to hold more",
+            b.limit,
+            b.configured,
+            b.nofile,
+            b.reserve
+        );
+    } else {
+        tracing::info!(
+            "max connections: {} (--max-connections; RLIMIT_NOFILE {} holds {} with {} descriptors reserved)",
+            b.limit,
+            b.nofile,
+            b.room(),
+            b.reserve
         );
     }
 }

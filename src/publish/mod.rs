@@ -8,8 +8,9 @@
 pub mod client;
 pub mod protocol;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -19,10 +20,11 @@ use std::time::Duration;
 
 use monoio::net::{UnixListener, UnixStream};
 
+use crate::capacity::{AcceptErrors, MAX_PUBLISHERS};
 use crate::config::Config;
 use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
 use crate::metrics::{Metrics, PublishError};
-use crate::sockio::{recv_some, send_all};
+use crate::sockio::{recv_some, send_all, send_now};
 use protocol::{MAX_LINE, Parsed};
 
 /// What publisher tasks share on the control thread.
@@ -64,17 +66,28 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
     Ok(listener)
 }
 
-/// Accepts publishers until the process exits.
+/// Accepts publishers until the process exits. At most `MAX_PUBLISHERS` are served at once
+/// (their descriptors are part of the reserve, see `capacity`); one more is told so and
+/// closed.
 pub async fn accept_loop(listener: UnixListener, ingress: Rc<Ingress>) {
+    let open = Rc::new(Cell::new(0usize));
+    let mut errors = AcceptErrors::default();
     loop {
         match listener.accept().await {
+            Ok((stream, _)) if open.get() >= MAX_PUBLISHERS => {
+                ingress.metrics.publish_error(PublishError::TooManyPublishers);
+                let reply = format!("-ERR too many publishers: {MAX_PUBLISHERS} connected\r\n");
+                let _ = send_now(stream.as_raw_fd(), reply.as_bytes());
+            }
             Ok((stream, _)) => {
-                monoio::spawn(serve(stream, ingress.clone()));
+                let (ingress, open) = (ingress.clone(), open.clone());
+                open.set(open.get() + 1);
+                monoio::spawn(async move {
+                    serve(stream, ingress).await;
+                    open.set(open.get() - 1);
+                });
             }
-            Err(e) => {
-                tracing::warn!("publisher accept: {e}");
-                monoio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => errors.handle("publisher", &e).await,
         }
     }
 }

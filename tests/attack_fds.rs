@@ -1,0 +1,189 @@
+//! Descriptor exhaustion and port sharing, played by the attacker against the real binary.
+//!
+//! - The WebSocket side filled to its limit (the one derived from a low RLIMIT_NOFILE, and
+//!   an explicit `--max-connections` filled with sockets that never send a request head):
+//!   `/healthz`, `/metrics` and a new publisher still answer, an upgrade past the limit gets
+//!   a 503 at once, a flood of further connects is answered without crier running out of
+//!   descriptors or memory, and every subscriber keeps receiving every message.
+//!
+//! Each test holds at most a few hundred sockets and finishes within seconds.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// RLIMIT_NOFILE of the server under attack: small, so that filling it is cheap.
+const NOFILE: u64 = 480;
+/// A refusal this slow is not "at once".
+const FAST: Duration = Duration::from_secs(2);
+
+/// The limit crier logs at start: `max connections: N …`.
+fn logged_limit(s: &Server) -> usize {
+    let line = s
+        .wait_log(IO_TIMEOUT, |l| l.contains("max connections: "))
+        .unwrap_or_else(|| panic!("no log line naming the effective connection limit:\n{}", s.log_text()));
+    let rest = &line[line.find("max connections: ").unwrap() + "max connections: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number in {line:?}"))
+}
+
+/// An upgrade past the limit: a 503 within [`FAST`].
+fn assert_refused_fast(s: &Server) {
+    let t = Instant::now();
+    match WsClient::connect_with(s.ws, "/ws?channels=news", &[]) {
+        Ok(_) => panic!("an upgrade past the limit was accepted"),
+        Err(r) => {
+            assert_eq!(r.status, 503, "{r:?}");
+            assert!(r.header("retry-after").is_some(), "a 503 for a full server says when to retry: {r:?}");
+        }
+    }
+    assert!(t.elapsed() < FAST, "the refusal took {:?}", t.elapsed());
+}
+
+/// The admin port and the publisher socket answer.
+fn assert_operable(s: &Server, p: &mut Publisher) {
+    let h = http_get(s.admin_addr(), "/healthz").expect("/healthz answers while the WebSocket side is full");
+    assert_eq!(h.status, 200, "{h:?}");
+    let m = http_get(s.admin_addr(), "/metrics").expect("/metrics answers while the WebSocket side is full");
+    assert_eq!(m.status, 200, "{m:?}");
+    p.send(b"PING\r\n").unwrap();
+    assert_eq!(p.expect_line(), "+PONG");
+}
+
+/// Every subscriber gets `msgs`, in order.
+fn assert_all_received(subs: &mut [WsClient], msgs: &[String]) {
+    for (i, c) in subs.iter_mut().enumerate() {
+        for want in msgs {
+            match c.recv(IO_TIMEOUT) {
+                Ok(m) => assert_eq!(m.text(), want, "subscriber {i}"),
+                Err(e) => panic!("subscriber {i} lost {want:?}: {e:?}"),
+            }
+        }
+    }
+}
+
+both_drivers! {
+    /// No --max-connections: the default (100,000) cannot be held with RLIMIT_NOFILE 480, so
+    /// the limit is derived, logged and exported, and the reserve keeps the rest working.
+    fn derived_limit_holds_and_keeps_the_reserve(d) {
+        let s = Server::builder(d).start_with_nofile(NOFILE);
+        let limit = logged_limit(&s);
+        assert!(
+            (100..NOFILE as usize - 100).contains(&limit),
+            "limit {limit} for RLIMIT_NOFILE {NOFILE}: it must leave a reserve and still hold connections"
+        );
+        assert_eq!(s.metric("crier_max_connections", &[]), Some(limit as f64), "the limit in force is exported");
+        assert!(
+            s.log_lines().iter().any(|l| l.contains("WARN") && l.contains("max connections: ")),
+            "lowering --max-connections to fit RLIMIT_NOFILE is a warning:\n{}",
+            s.log_text()
+        );
+
+        let mut subs: Vec<WsClient> = (0..limit).map(|_| s.ws("/ws?channels=news")).collect();
+        s.wait_connections(limit);
+        let mut p = s.publisher();
+        let mut msgs = Vec::new();
+        for i in 0..10 {
+            let m = format!("before-{i}");
+            p.publish("news", m.as_bytes(), false);
+            msgs.push(m);
+        }
+        assert_refused_fast(&s);
+        assert_operable(&s, &mut s.publisher());
+        let rss0 = s.rss_bytes();
+
+        // The flood: connects past the limit that never send a byte. Each gets its 503 and is
+        // closed; crier never runs out of descriptors, and the reserved paths keep answering.
+        let mut flood = Vec::new();
+        let mut peak = 0;
+        for i in 0..300 {
+            flood.push(TcpStream::connect_timeout(&s.ws, IO_TIMEOUT).expect("connect during the flood"));
+            if i % 50 == 49 {
+                peak = peak.max(s.open_fds());
+                let held = s.ws_sockets_held();
+                // The limit, plus what the refusals may hold: 16 lingering per shard and the one
+                // being closed, plus a few closes io_uring has queued but not yet made.
+                let bound = limit + 2 * (16 + 1) + 4;
+                assert!(held <= bound, "{held} sockets on the WebSocket port, limit {limit} (bound {bound})");
+                assert_operable(&s, &mut p);
+            }
+        }
+        for (i, mut c) in flood.into_iter().enumerate() {
+            c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let got = String::from_utf8_lossy(&got);
+            assert!(got.starts_with("HTTP/1.1 503"), "flood connection {i} got {got:?}");
+        }
+        assert!(peak < NOFILE as usize, "crier held {peak} descriptors of {NOFILE}");
+        assert!(
+            !s.log_text().contains("Too many open files"),
+            "crier ran out of descriptors:\n{}",
+            s.log_text()
+        );
+        let refused = s.metric0("crier_connections_refused_total", &[("reason", "over_capacity")]);
+        assert!(refused >= 301.0, "every refusal is counted as over_capacity: {refused}");
+
+        for i in 0..10 {
+            let m = format!("after-{i}");
+            p.publish("news", m.as_bytes(), false);
+            msgs.push(m);
+        }
+        assert_all_received(&mut subs, &msgs);
+        let grown = s.rss_bytes().saturating_sub(rss0);
+        assert!(grown < 16 << 20, "RSS grew {grown} bytes during the flood");
+
+        // Room again once a subscriber leaves.
+        let mut gone = subs.pop().unwrap();
+        gone.send_close(1000, "").unwrap();
+        gone.expect_tcp_closed(IO_TIMEOUT);
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while WsClient::connect_with(s.ws, "/ws", &[]).is_err() {
+            assert!(Instant::now() < deadline, "no room after a subscriber left");
+        }
+    }
+
+    /// An explicit --max-connections 20 with 5 subscribers and 15 sockets that never send a
+    /// request head: the box is full, because those 15 hold descriptors too.
+    fn pending_handshakes_count_against_the_limit(d) {
+        let s = Server::builder(d).args(["--max-connections", "20"]).start();
+        assert_eq!(logged_limit(&s), 20);
+        let mut subs: Vec<WsClient> = (0..5).map(|_| s.ws("/ws?channels=news")).collect();
+        s.wait_connections(5);
+        assert_eq!(s.ws_sockets_held(), 5);
+        let mut silent: Vec<TcpStream> =
+            (0..15).map(|_| TcpStream::connect_timeout(&s.ws, IO_TIMEOUT).expect("connect")).collect();
+        wait_until(IO_TIMEOUT, "crier to accept the 15 silent sockets", || s.ws_sockets_held() == 20);
+
+        assert_refused_fast(&s);
+        assert_eq!(s.metric("crier_handshakes_pending", &[]), Some(15.0));
+        assert!(s.metric0("crier_connections_refused_total", &[("reason", "over_capacity")]) >= 1.0);
+        let mut p = s.publisher();
+        assert_operable(&s, &mut p);
+        let msgs: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+        for m in &msgs {
+            p.publish("news", m.as_bytes(), false);
+        }
+        assert_all_received(&mut subs, &msgs);
+
+        // A silent socket that goes gives its slot back.
+        drop(silent.pop());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut c = loop {
+            match WsClient::connect_with(s.ws, "/ws?channels=news", &[]) {
+                Ok(c) => break c,
+                Err(r) => {
+                    assert_eq!(r.status, 503, "{r:?}");
+                    assert!(Instant::now() < deadline, "no room after a silent socket left");
+                }
+            }
+        };
+        s.wait_connections(6);
+        p.publish("news", b"again", false);
+        assert_eq!(c.expect_text(), "again");
+    }
+}
