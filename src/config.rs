@@ -106,9 +106,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT.
+    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT. crier refuses
+    /// to start when another process already listens on it.
     #[arg(long, env = "CRIER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Share --listen on purpose with other processes that also set this (e.g. several crier
+    /// processes, each under its own descriptor limit): the kernel splits clients between
+    /// them, so each must be sent every message.
+    #[arg(long, env = "CRIER_LISTEN_SHARED", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub listen_shared: bool,
 
     /// HTTP path that upgrades to WebSocket.
     #[arg(long, env = "CRIER_PATH", default_value = "/ws")]
@@ -229,6 +236,7 @@ pub struct PublishArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_shared: bool,
     pub path: String,
     pub shards: usize,
     pub driver: DriverChoice,
@@ -406,6 +414,7 @@ impl ServeArgs {
             .map(Duration::from_micros);
         Ok(Config {
             listen: self.listen,
+            listen_shared: self.listen_shared,
             path: self.path,
             shards,
             driver: self.driver,

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod handshake;
 pub mod history;
 pub mod hub;
+pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod notify;

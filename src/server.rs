@@ -5,7 +5,6 @@
 //! admin), reports ready, then waits for SIGTERM/SIGINT and drains. Shards own the client
 //! connections; the control thread owns sequencing; the main thread owns nothing hot.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -16,14 +15,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::{LegacyDriver, RuntimeBuilder};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::publish::{self, Ingress};
-use crate::{admin, capacity, shard};
+use crate::{admin, capacity, listen, shard};
 
 /// Runs the server until a signal has drained it. Errors at start-up exit non-zero.
 pub fn run(cfg: Config) -> ExitCode {
@@ -48,7 +46,9 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
 
-    let (listeners, ws_addr) = bind_ws(&cfg)?;
+    // `ws` lives until this function returns: it keeps the address marked as not shared.
+    let mut ws = listen::bind(&cfg)?;
+    let (listeners, ws_addr) = (std::mem::take(&mut ws.listeners), ws.addr);
     let listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     let admin = match cfg.admin_listen {
         Some(addr) => {
@@ -146,35 +146,6 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&cfg.publish_socket);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds one SO_REUSEPORT listener per shard on the same address.
-fn bind_ws(cfg: &Config) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
-    let mut addr = cfg.listen;
-    let mut out = Vec::with_capacity(cfg.shards);
-    for i in 0..cfg.shards {
-        let fail = |what: &str, e: std::io::Error| format!("--listen {addr}: {what}: {e}");
-        let sock =
-            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| fail("socket", e))?;
-        sock.set_reuse_port(true).map_err(|e| fail("SO_REUSEPORT", e))?;
-        sock.set_reuse_address(true).map_err(|e| fail("SO_REUSEADDR", e))?;
-        if let Some(size) = cfg.socket_send_buffer {
-            sock.set_send_buffer_size(size).map_err(|e| fail("SO_SNDBUF", e))?;
-        }
-        sock.set_nonblocking(true).map_err(|e| fail("non-blocking", e))?;
-        sock.bind(&addr.into()).map_err(|e| fail("cannot bind", e))?;
-        sock.listen(cfg.backlog).map_err(|e| fail("cannot listen", e))?;
-        if i == 0 {
-            // Port 0 resolves here; the other shards bind the same port.
-            addr = sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| format!("--listen {addr}: no local address"))?;
-        }
-        out.push(sock.into());
-    }
-    Ok((out, addr))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -5,6 +5,9 @@
 //!   `/healthz`, `/metrics` and a new publisher still answer, an upgrade past the limit gets
 //!   a 503 at once, a flood of further connects is answered without crier running out of
 //!   descriptors or memory, and every subscriber keeps receiving every message.
+//! - A second process on the same `--listen` address stops crier from starting, with a
+//!   message naming the address and the process; with `--listen-shared` on every crier,
+//!   several share the address on purpose.
 //!
 //! Each test holds at most a few hundred sockets and finishes within seconds.
 
@@ -13,7 +16,7 @@ mod common;
 
 use common::*;
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// RLIMIT_NOFILE of the server under attack: small, so that filling it is cheap.
@@ -186,4 +189,93 @@ both_drivers! {
         p.publish("news", b"again", false);
         assert_eq!(c.expect_text(), "again");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// One server per address.
+// ---------------------------------------------------------------------------------------
+
+const EXIT_WAIT: Duration = Duration::from_secs(15);
+
+fn on(addr: SocketAddr) -> ServerBuilder {
+    Server::builder(Driver::Epoll).omit("--listen").args(["--listen", &addr.to_string()])
+}
+
+/// crier did not start, and said why: the address, the other process, the way to share.
+fn assert_refused_start(e: &Exited, addr: SocketAddr, pid: u32) {
+    assert!(!e.became_ready, "a second server started on {addr}:\n{}", e.stderr);
+    let st = e.status.unwrap_or_else(|| panic!("crier neither started nor exited:\n{}", e.stderr));
+    assert!(!st.success(), "{st:?}");
+    assert!(e.stderr.contains(&addr.to_string()), "the error names the address {addr}:\n{}", e.stderr);
+    assert!(e.stderr.contains(&format!("pid {pid}")), "the error names the other process (pid {pid}):\n{}", e.stderr);
+    assert!(e.stderr.contains("--listen-shared"), "the error says how to share on purpose:\n{}", e.stderr);
+}
+
+#[test]
+fn second_crier_on_the_same_address_does_not_start() {
+    let a = Server::start(Driver::Epoll);
+    let e = on(a.ws).run_expect_exit(EXIT_WAIT);
+    assert_refused_start(&e, a.ws, a.pid);
+    assert!(e.stderr.contains("crier"), "the error names the other process's command:\n{}", e.stderr);
+    a.assert_serving();
+}
+
+#[test]
+fn another_program_on_the_address_is_named() {
+    // The test process listens with SO_REUSEPORT, as any other server could.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_port(true).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    sock.listen(8).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let e = on(addr).run_expect_exit(EXIT_WAIT);
+    assert_refused_start(&e, addr, std::process::id());
+    // A plain listener (no SO_REUSEPORT) makes the bind itself fail: named the same way.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = plain.local_addr().unwrap();
+    let e = on(addr).run_expect_exit(EXIT_WAIT);
+    assert_refused_start(&e, addr, std::process::id());
+}
+
+#[test]
+fn listen_shared_lets_several_criers_share_on_purpose() {
+    let a = Server::builder(Driver::Epoll).arg("--listen-shared").start();
+    // The environment variable works as the flag does.
+    let b = on(a.ws).env("CRIER_LISTEN_SHARED", "true").start();
+    assert_eq!(b.ws, a.ws);
+    assert!(
+        b.wait_log(IO_TIMEOUT, |l| l.contains("sharing") && l.contains(&format!("pid {}", a.pid))).is_some(),
+        "the second says whom it shares the address with:\n{}",
+        b.log_text()
+    );
+    // Both serve: connections spread over the two; each gets what its own server publishes.
+    let mut seen = [false, false];
+    for _ in 0..40 {
+        if seen == [true, true] {
+            break;
+        }
+        let mut c = WsClient::connect(a.ws, "/ws?channels=who");
+        let count = |s: &Server| s.metric0("crier_connections", &[]);
+        wait_until(IO_TIMEOUT, "the connection to register", || count(&a) + count(&b) >= 1.0);
+        let owner = usize::from(count(&a) < 1.0);
+        [&a, &b][owner].publish("who", "me");
+        assert_eq!(c.expect_text(), "me");
+        seen[owner] = true;
+        drop(c);
+        a.wait_connections(0);
+        b.wait_connections(0);
+    }
+    assert_eq!(seen, [true, true], "40 connections never reached both servers");
+    // One started without the flag is still refused.
+    let e = on(a.ws).run_expect_exit(EXIT_WAIT);
+    assert!(!e.became_ready && e.status.is_some_and(|s| !s.success()), "{}", e.stderr);
+    assert!(e.stderr.contains(&a.ws.to_string()) && e.stderr.contains("--listen-shared"), "{}", e.stderr);
+}
+
+#[test]
+fn listen_shared_does_not_join_an_exclusive_crier() {
+    let x = Server::start(Driver::Epoll);
+    let e = on(x.ws).arg("--listen-shared").run_expect_exit(EXIT_WAIT);
+    assert_refused_start(&e, x.ws, x.pid);
+    x.assert_serving();
 }
