@@ -5,6 +5,8 @@
 //!   `/healthz`, `/metrics` and a new publisher still answer, an upgrade past the limit gets
 //!   a 503 at once, a flood of further connects is answered without crier running out of
 //!   descriptors or memory, and every subscriber keeps receiving every message.
+//! - The reserve holds against its own users: publisher 129 gets `-ERR too many
+//!   publishers`, admin request 17 a 503, and the others keep working.
 //! - A second process on the same `--listen` address stops crier from starting, with a
 //!   message naming the address and the process; with `--listen-shared` on every crier,
 //!   several share the address on purpose.
@@ -278,4 +280,50 @@ fn listen_shared_does_not_join_an_exclusive_crier() {
     let e = on(x.ws).arg("--listen-shared").run_expect_exit(EXIT_WAIT);
     assert_refused_start(&e, x.ws, x.pid);
     x.assert_serving();
+}
+
+// ---------------------------------------------------------------------------------------
+// The reserve's own bounds: publishers and admin requests.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn publishers_past_the_reserve_are_refused_and_the_rest_keep_publishing() {
+    let s = Server::start(Driver::Epoll);
+    let mut subscriber = s.ws("/ws?channels=news");
+    s.wait_connections(1);
+    let mut held: Vec<Publisher> = (0..128).map(|_| s.publisher()).collect();
+    s.wait_metric("crier_publishers", &[], IO_TIMEOUT, "128", |v| v == 128.0);
+    let mut extra = s.publisher();
+    assert_eq!(extra.expect_line(), "-ERR too many publishers: 128 connected");
+    extra.expect_closed();
+    assert_eq!(s.metric0("crier_publish_errors_total", &[("reason", "too_many_publishers")]), 1.0);
+    // The 128 keep working, and a place comes back when one leaves.
+    assert_eq!(held[0].publish("news", b"from-0", false), 1);
+    assert_eq!(subscriber.expect_text(), "from-0");
+    drop(held.pop());
+    s.wait_metric("crier_publishers", &[], IO_TIMEOUT, "127", |v| v == 127.0);
+    assert_eq!(s.publisher().publish("news", b"new", false), 2);
+    assert_eq!(subscriber.expect_text(), "new");
+}
+
+#[test]
+fn admin_requests_past_the_reserve_get_503_and_monitoring_comes_back() {
+    let s = Server::start(Driver::Epoll);
+    // 16 connections that never send a request hold every admin place.
+    let idle: Vec<TcpStream> =
+        (0..16).map(|_| TcpStream::connect_timeout(&s.admin_addr(), IO_TIMEOUT).expect("connect admin")).collect();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let busy = loop {
+        let r = http_get(s.admin_addr(), "/healthz").expect("an answer, not silence");
+        if r.status == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "16 idle admin connections never filled the admin port");
+    };
+    assert_eq!(busy.body_text(), "too many admin connections\n");
+    drop(idle);
+    wait_until(IO_TIMEOUT, "/healthz to answer 200 again", || {
+        http_get(s.admin_addr(), "/healthz").is_ok_and(|r| r.status == 200)
+    });
+    s.assert_serving();
 }
