@@ -2,6 +2,8 @@
 //! only (127.0.0.1 by default), never on the public WebSocket port. `/healthz` answers 503
 //! while draining, and while publishers cannot reach crier through `--publish-socket`.
 
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,27 +11,37 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
 use crate::metrics::Metrics;
-use crate::sockio::{recv_some, send_all};
+use crate::sockio::{recv_some, send_all, send_now};
 
-/// Serves admin requests until the process exits.
+/// Serves admin requests until the process exits. At most `MAX_ADMIN_CONNECTIONS` are
+/// served at once, so that a flood of admin connections cannot take the descriptors kept
+/// for publishers; past it a request gets a 503 straight away.
 pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
     let metrics = Rc::new(metrics);
+    let open = Rc::new(Cell::new(0usize));
+    let mut errors = AcceptErrors::default();
     loop {
         match listener.accept().await {
+            Ok((stream, _)) if open.get() >= MAX_ADMIN_CONNECTIONS => {
+                let _ = send_now(stream.as_raw_fd(), BUSY.as_bytes());
+            }
             Ok((stream, _)) => {
-                let metrics = metrics.clone();
+                let (metrics, open) = (metrics.clone(), open.clone());
+                open.set(open.get() + 1);
                 monoio::spawn(async move {
                     let _ = monoio::time::timeout(Duration::from_secs(10), serve(stream, &metrics)).await;
+                    open.set(open.get() - 1);
                 });
             }
-            Err(e) => {
-                tracing::warn!("admin accept: {e}");
-                monoio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => errors.handle("admin", &e).await,
         }
     }
 }
+
+/// The answer when `MAX_ADMIN_CONNECTIONS` are already being served.
+const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\ntoo many admin connections\n";
 
 async fn serve(stream: TcpStream, metrics: &Metrics) {
     let mut buf = vec![0u8; 8192];

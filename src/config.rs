@@ -117,9 +117,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT.
+    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT. crier refuses
+    /// to start when another process already listens on it.
     #[arg(long, env = "CRIER_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Share --listen on purpose with other processes that also set this (e.g. several crier
+    /// processes, each under its own descriptor limit): the kernel splits clients between
+    /// them, so each must be sent every message.
+    #[arg(long, env = "CRIER_LISTEN_SHARED", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub listen_shared: bool,
 
     /// HTTP path that upgrades to WebSocket.
     #[arg(long, env = "CRIER_PATH", default_value = "/ws")]
@@ -133,7 +140,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_DRIVER", value_enum, default_value = "auto")]
     pub driver: DriverChoice,
 
-    /// Upgrades past this many open connections get 503.
+    /// Sockets on the WebSocket port (upgraded or still in the handshake) past this get 503.
+    /// Lowered at start to what RLIMIT_NOFILE holds after the reserve.
     #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
@@ -248,6 +256,7 @@ pub struct PublishArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_shared: bool,
     pub path: String,
     pub shards: usize,
     pub driver: DriverChoice,
@@ -445,6 +454,7 @@ impl ServeArgs {
             .map(Duration::from_micros);
         Ok(Config {
             listen: self.listen,
+            listen_shared: self.listen_shared,
             path: self.path,
             shards,
             driver: self.driver,

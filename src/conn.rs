@@ -1,4 +1,5 @@
-//! One WebSocket connection: its handshake, its read loop, its close.
+//! One WebSocket connection: its handshake, its read loop, its close; and the fast 503 for
+//! a client that finds the server full.
 //!
 //! A connection costs one task while idle (the read loop, parked on a readiness poll, with
 //! no read buffer of its own: bytes land in the shard's scratch buffer) and a second task
@@ -13,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use monoio::net::TcpStream;
 
+use crate::capacity::{REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
 use crate::channel::ChannelName;
 use crate::fanout::{Membership, Subscriber};
 use crate::frame::{Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
@@ -20,7 +22,7 @@ use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::metrics::{CloseReason, RefuseReason};
 use crate::outbound::OutboundQueue;
 use crate::shard::Shard;
-use crate::sockio::{recv, recv_some, send_all};
+use crate::sockio::{recv, recv_some, send_all, send_now};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub struct Conn {
     /// Shut down both ways: the read loop stops at once, even while the peer keeps sending
     /// (on Linux a socket shut down for reading still returns data that keeps arriving).
     pub aborted: Cell<bool>,
+    /// This socket's share of the connection limit, given back when the last `Rc` goes and
+    /// the descriptor closes (after `stream`, which is dropped first).
+    pub slot: Slot,
 }
 
 impl Conn {
@@ -157,8 +162,9 @@ fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
 }
 
 /// Serves one accepted TCP connection: the upgrade, then (in a new, smaller task) the
-/// WebSocket read loop.
-pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
+/// WebSocket read loop. `slot` was taken when the socket was accepted: a client still
+/// sending its request head holds a descriptor, so it counts against the limit already.
+pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let timeout = shard.cfg.handshake_timeout;
     let head = match monoio::time::timeout(timeout, read_head(&shard, &stream)).await {
@@ -172,10 +178,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         return refuse(&shard, &stream, HandshakeError::Draining).await;
     }
     let metrics = &shard.metrics;
-    if metrics.open_connections.fetch_add(1, Relaxed) >= shard.cfg.max_connections {
-        metrics.open_connections.fetch_sub(1, Relaxed);
-        return refuse(&shard, &stream, HandshakeError::OverCapacity).await;
-    }
+    metrics.open_connections.fetch_add(1, Relaxed);
     let response = handshake::response_101(&upgrade);
     match monoio::time::timeout(timeout, send_all(&stream, &response)).await {
         Ok(Ok(())) => {}
@@ -201,6 +204,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         writer_active: Cell::new(false),
         dirty: Cell::new(false),
         aborted: Cell::new(false),
+        slot,
     });
     shard.register(&conn, upgrade);
     if !leftover.is_empty() {
@@ -211,6 +215,37 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
     // A replay (since=/last=) goes out now, not with the next broadcast or sweep.
     shard.flush_dirty();
     monoio::spawn(read_loop(shard, conn));
+}
+
+/// Answers a client that arrived while every slot is taken (see `capacity`): a 503 with
+/// `Retry-After` (RFC 9110 §15.6.4, §10.2.3) written at once, without waiting for its
+/// request head, so a full server answers fast instead of leaving clients in the backlog.
+/// Then the write side is shut and the socket kept open for up to [`REFUSAL_LINGER`],
+/// discarding what the client sends, so that closing it does not send a reset that could
+/// destroy the 503 before the client reads it. At most [`REFUSALS_PER_SHARD`] refusals
+/// linger at once (`in_flight`); past that the socket is closed straight after the write.
+pub fn refuse_full(shard: &Shard, stream: TcpStream, in_flight: &Rc<Cell<usize>>) {
+    shard.refused(RefuseReason::OverCapacity);
+    // A fresh socket's send buffer takes the ~150 bytes whole.
+    let _ = send_now(stream.as_raw_fd(), &HandshakeError::OverCapacity.response());
+    // SAFETY: the fd is owned by `stream`, which is still open.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    if in_flight.get() >= REFUSALS_PER_SHARD {
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    let in_flight = in_flight.clone();
+    monoio::spawn(async move {
+        let _ = monoio::time::timeout(REFUSAL_LINGER, async {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = recv_some(&stream, &mut sink).await
+                && n > 0
+            {}
+        })
+        .await;
+        drop(stream);
+        in_flight.set(in_flight.get() - 1);
+    });
 }
 
 async fn refuse(shard: &Shard, stream: &TcpStream, e: HandshakeError) {

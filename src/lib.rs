@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. The binary (`main.rs`) only dispatches subcommands.
 
 pub mod admin;
+pub mod capacity;
 pub mod channel;
 pub mod check;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod frame;
 pub mod handshake;
 pub mod history;
 pub mod hub;
+pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod notify;

@@ -70,6 +70,7 @@ labelled!(
         MissingCrlf => "missing_crlf",
         ShuttingDown => "shutting_down",
         Timeout => "timeout",
+        TooManyPublishers => "too_many_publishers",
     }
 );
 
@@ -103,8 +104,13 @@ pub struct Metrics {
     pub compressions: AtomicU64,
     pub driver: OnceLock<&'static str>,
     pub draining: AtomicBool,
-    /// Open connections over all shards (checked against --max-connections).
+    /// Upgraded connections over all shards.
     pub open_connections: AtomicUsize,
+    /// Sockets the WebSocket port holds, in the handshake or upgraded: one `capacity::Slot`
+    /// each, checked against `max_connections`.
+    pub ws_sockets: AtomicUsize,
+    /// The effective connection limit (`capacity::budget`), set once at start.
+    pub max_connections: AtomicUsize,
     /// Open connections that negotiated permessage-deflate (the hub compresses only if > 0).
     pub deflate_connections: AtomicUsize,
     /// Open connections that use the crier.v1 envelope (the hub builds envelopes only if > 0).
@@ -138,6 +144,8 @@ impl Metrics {
             driver: OnceLock::new(),
             draining: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
+            ws_sockets: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
             deflate_connections: AtomicUsize::new(0),
             envelope_connections: AtomicUsize::new(0),
             replays: AtomicU64::new(0),
@@ -167,6 +175,21 @@ impl Metrics {
         per_shard(&mut o, "crier_connections", "gauge", "Open WebSocket connections.", &|s| {
             s.connections.load(Relaxed) as u64
         });
+        head(
+            &mut o,
+            "crier_max_connections",
+            "gauge",
+            "Effective connection limit: --max-connections, or less where RLIMIT_NOFILE cannot hold it.",
+        );
+        let _ = writeln!(o, "crier_max_connections {}", self.max_connections.load(Relaxed));
+        head(
+            &mut o,
+            "crier_handshakes_pending",
+            "gauge",
+            "Sockets accepted on the WebSocket port and not yet upgraded; they count against the limit.",
+        );
+        let pending = self.ws_sockets.load(Relaxed).saturating_sub(self.open_connections.load(Relaxed));
+        let _ = writeln!(o, "crier_handshakes_pending {pending}");
         per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
             s.accepted.load(Relaxed)
         });

@@ -5,7 +5,6 @@
 //! admin), reports ready, then waits for SIGTERM/SIGINT and drains. Shards own the client
 //! connections; the control thread owns sequencing; the main thread owns nothing hot.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -16,14 +15,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::{LegacyDriver, RuntimeBuilder};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::publish::{self, Ingress};
-use crate::{admin, shard};
+use crate::{admin, capacity, listen, shard};
 
 /// Runs the server until a signal has drained it. Errors at start-up exit non-zero.
 pub fn run(cfg: Config) -> ExitCode {
@@ -41,11 +39,16 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Before anything can report ready: a SIGTERM from then on must drain, not kill.
     let signals = install_signal_handlers()?;
-    raise_nofile(&cfg);
+    let nofile = raise_nofile();
     let metrics = Arc::new(Metrics::new(cfg.shards));
+    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards)?;
+    log_budget(&budget);
+    metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
 
-    let (listeners, ws_addr) = bind_ws(&cfg)?;
+    // `ws` lives until this function returns: it keeps the address marked as not shared.
+    let mut ws = listen::bind(&cfg)?;
+    let (listeners, ws_addr) = (std::mem::take(&mut ws.listeners), ws.addr);
     let listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     let admin = match cfg.admin_listen {
         Some(addr) => {
@@ -146,35 +149,6 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds one SO_REUSEPORT listener per shard on the same address.
-fn bind_ws(cfg: &Config) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
-    let mut addr = cfg.listen;
-    let mut out = Vec::with_capacity(cfg.shards);
-    for i in 0..cfg.shards {
-        let fail = |what: &str, e: std::io::Error| format!("--listen {addr}: {what}: {e}");
-        let sock =
-            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| fail("socket", e))?;
-        sock.set_reuse_port(true).map_err(|e| fail("SO_REUSEPORT", e))?;
-        sock.set_reuse_address(true).map_err(|e| fail("SO_REUSEADDR", e))?;
-        if let Some(size) = cfg.socket_send_buffer {
-            sock.set_send_buffer_size(size).map_err(|e| fail("SO_SNDBUF", e))?;
-        }
-        sock.set_nonblocking(true).map_err(|e| fail("non-blocking", e))?;
-        sock.bind(&addr.into()).map_err(|e| fail("cannot bind", e))?;
-        sock.listen(cfg.backlog).map_err(|e| fail("cannot listen", e))?;
-        if i == 0 {
-            // Port 0 resolves here; the other shards bind the same port.
-            addr = sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| format!("--listen {addr}: no local address"))?;
-        }
-        out.push(sock.into());
-    }
-    Ok((out, addr))
-}
-
 #[allow(clippy::too_many_arguments)]
 fn control_thread(
     cfg: Arc<Config>,
@@ -234,14 +208,14 @@ fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str 
     if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit and warns when that cannot hold
-/// --max-connections.
-fn raise_nofile(cfg: &Config) {
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
+fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into lim.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-        return;
+        // What Linux gives a process by default.
+        return 1024;
     }
     let old = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
@@ -253,13 +227,26 @@ fn raise_nofile(cfg: &Config) {
         }
     }
     tracing::info!("RLIMIT_NOFILE: soft {old} -> {} (hard {})", lim.rlim_cur, lim.rlim_max);
-    // Each connection is one fd; shards, listeners, the publisher socket and logs need a few.
-    let needed = cfg.max_connections as u64 + 64 + 8 * cfg.shards as u64;
-    if lim.rlim_cur < needed {
+    lim.rlim_cur
+}
+
+/// Logs the connection limit in force, with a warning when RLIMIT_NOFILE lowered it.
+fn log_budget(b: &capacity::Budget) {
+    if b.derived() {
         tracing::warn!(
-            "RLIMIT_NOFILE {} cannot hold --max-connections {} (needs about {needed}): raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf), or lower --max-connections",
-            lim.rlim_cur,
-            cfg.max_connections
+            "max connections: {} (--max-connections {} cannot be held: RLIMIT_NOFILE {} less {} descriptors reserved for publishers, the admin port and refusals); raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf) to hold more",
+            b.limit,
+            b.configured,
+            b.nofile,
+            b.reserve
+        );
+    } else {
+        tracing::info!(
+            "max connections: {} (--max-connections; RLIMIT_NOFILE {} holds {} with {} descriptors reserved)",
+            b.limit,
+            b.nofile,
+            b.room(),
+            b.reserve
         );
     }
 }

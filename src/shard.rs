@@ -22,6 +22,7 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::capacity::{AcceptErrors, Slot};
 use crate::channel::ChannelName;
 use crate::config::{Config, DriverChoice};
 use crate::conn::{self, Conn, State};
@@ -581,28 +582,26 @@ async fn yield_now() {
     .await
 }
 
+/// Accepts WebSocket clients. Each socket takes a slot of the connection limit first (a
+/// client in its handshake holds a descriptor too); one that finds none is answered 503 at
+/// once, so a full server never leaves clients hanging in the backlog, and never lets the
+/// WebSocket side eat the descriptors reserved for publishers and the admin port.
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut last_warn: Option<Instant> = None;
+    let mut errors = AcceptErrors::default();
+    let refusing = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
-                monoio::spawn(conn::accept(shard.clone(), stream));
-            }
+            Ok((stream, _peer)) => match Slot::try_acquire(&shard.metrics) {
+                Some(slot) => {
+                    monoio::spawn(conn::accept(shard.clone(), stream, slot));
+                }
+                None => conn::refuse_full(&shard, stream, &refusing),
+            },
             Err(e) => {
-                let raw = e.raw_os_error().unwrap_or(0);
-                if shard.draining.get() || raw == libc::EINVAL {
+                if shard.draining.get() || e.raw_os_error() == Some(libc::EINVAL) {
                     break; // the listener was shut down for draining
                 }
-                if matches!(raw, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(shard = shard.id, "accept: {e}; raise RLIMIT_NOFILE or lower --max-connections");
-                        last_warn = Some(Instant::now());
-                    }
-                    monoio::time::sleep(Duration::from_millis(100)).await;
-                } else {
-                    tracing::debug!(shard = shard.id, "accept: {e}");
-                }
+                errors.handle(&format!("shard {}", shard.id), &e).await;
             }
         }
     }

@@ -89,3 +89,20 @@ pub fn bytes_acked(fd: RawFd) -> Option<u64> {
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
     (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
 }
+
+/// Writes what the socket takes of `data` now, without waiting; returns how much that was.
+/// For short answers on sockets about to be closed (refusals), where waiting is not worth
+/// a task.
+pub fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: data is valid for reads of data.len() bytes.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

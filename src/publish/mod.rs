@@ -14,8 +14,9 @@ mod turns;
 
 pub use socket::{BindError, Bound, Checked, SocketFile, UnsafeDir, bind, private_dir};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{UnixListener, UnixStream};
 
+use crate::capacity::{AcceptErrors, MAX_PUBLISHERS};
 use crate::config::Config;
 use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
 use crate::metrics::{Metrics, PublishError};
-use crate::sockio::{recv_some, send_all};
+use crate::sockio::{recv_some, send_all, send_now};
 use protocol::{MAX_LINE, Parsed};
 use turns::{TURN_BYTES, TURN_COMMANDS, Turns};
 
@@ -50,9 +52,13 @@ const SOCKET_CHECK: Duration = Duration::from_secs(1);
 
 /// Accepts publishers until the process exits, and every [`SOCKET_CHECK`] checks the
 /// socket file (see [`SocketFile::check`]); a recreated socket replaces the listener here.
+/// At most `MAX_PUBLISHERS` are served at once (their descriptors are part of the reserve,
+/// see `capacity`); one more is told so and closed.
 pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress: Rc<Ingress>) {
     let mut listener = listener;
     let mut next_check = Instant::now() + SOCKET_CHECK;
+    let open = Rc::new(Cell::new(0usize));
+    let mut errors = AcceptErrors::default();
     // Before any publisher is accepted, so that it has run before anyone yields.
     let pump = ingress.clone();
     monoio::spawn(async move { pump.turns.pump().await });
@@ -61,13 +67,20 @@ pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress:
         // The control thread runs the epoll driver, where dropping a pending accept at the
         // timeout cancels only a readiness wait (no accepted socket can be lost).
         match monoio::time::timeout(wait, listener.accept()).await {
+            Ok(Ok((stream, _))) if open.get() >= MAX_PUBLISHERS => {
+                ingress.metrics.publish_error(PublishError::TooManyPublishers);
+                let reply = format!("-ERR too many publishers: {MAX_PUBLISHERS} connected\r\n");
+                let _ = send_now(stream.as_raw_fd(), reply.as_bytes());
+            }
             Ok(Ok((stream, _))) => {
-                monoio::spawn(serve(stream, ingress.clone()));
+                let (ingress, open) = (ingress.clone(), open.clone());
+                open.set(open.get() + 1);
+                monoio::spawn(async move {
+                    serve(stream, ingress).await;
+                    open.set(open.get() - 1);
+                });
             }
-            Ok(Err(e)) => {
-                tracing::warn!("publisher accept: {e}");
-                monoio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok(Err(e)) => errors.handle("publisher", &e).await,
             Err(_) => {}
         }
         if Instant::now() < next_check {

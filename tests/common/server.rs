@@ -606,3 +606,92 @@ impl Server {
         }
     }
 }
+
+// Descriptor limits: a child with a low RLIMIT_NOFILE, and counting what it holds.
+
+impl ServerBuilder {
+    /// Start the server with RLIMIT_NOFILE (soft and hard) set to `n` in the child, as on a
+    /// box with a low descriptor limit that crier cannot raise; waits for `ready` like `start`.
+    pub fn start_with_nofile(self, n: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command();
+        let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+        // SAFETY: runs in the forked child before exec; setrlimit only reads `lim`, which was
+        // built before the fork (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let pid = child.id();
+        let rx = spawn_line_reader(child.stderr.take().unwrap());
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready_line = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("ready ws=") => {
+                    lines.push(line.clone());
+                    break line;
+                }
+                Ok(line) => lines.push(line),
+                Err(_) => {
+                    kill_pid(pid, libc::SIGKILL);
+                    let _ = child.wait();
+                    panic!("server with RLIMIT_NOFILE {n} did not become ready; stderr:\n{}", lines.join("\n"));
+                }
+            }
+        };
+        let ready = parse_ready(&ready_line).unwrap_or_else(|| panic!("cannot parse ready line: {ready_line:?}"));
+        Server {
+            child,
+            pid,
+            ws: ready.ws,
+            admin: ready.admin,
+            publish: PathBuf::from(&ready.publish),
+            driver: ready.driver,
+            shards: ready.shards,
+            ready_line,
+            log: Mutex::new(LogState { rx, lines }),
+            dir: self.dir,
+        }
+    }
+}
+
+impl Server {
+    /// Descriptors the server process holds now (entries of /proc/<pid>/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Connected TCP sockets the server holds on its WebSocket port (accepted, whether in
+    /// the handshake or upgraded, or being refused): its socket descriptors matched against
+    /// /proc/net/tcp.
+    pub fn ws_sockets_held(&self) -> usize {
+        let mut inodes = std::collections::HashSet::new();
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) {
+            for e in dir.flatten() {
+                if let Ok(target) = std::fs::read_link(e.path()) {
+                    let t = target.to_string_lossy();
+                    if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                        inodes.insert(ino.to_string());
+                    }
+                }
+            }
+        }
+        let port = format!(":{:04X}", self.ws.port());
+        // Counted by inode: the kernel's table can list a socket twice while it changes.
+        let mut seen = std::collections::HashSet::new();
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+                if f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" && inodes.contains(f[9]) {
+                    seen.insert(f[9].to_string());
+                }
+            }
+        }
+        seen.len()
+    }
+}
