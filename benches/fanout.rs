@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crier::channel::ChannelName;
-use crier::fanout::{ShardFrames, Subscriber, Subscribers};
-use crier::frame::{MessageKind, encode_data};
 use crier::hub::Broadcast;
-use crier::outbound::OutboundQueue;
+use crier::shard::fanout::{ShardFrames, Subscriber, Subscribers};
+use crier::shard::outbound::OutboundQueue;
+use crier::ws::frame::{MessageKind, encode_data};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 #[derive(Default)]
@@ -35,7 +35,7 @@ impl Subscriber for Conn {
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_one_message");
-    let metrics = std::sync::Arc::new(crier::metrics::Metrics::new(1));
+    let metrics = std::sync::Arc::new(crier::ops::metrics::Metrics::new(1));
     for (n, channel) in [(10_000usize, "*"), (10_000, "flights")] {
         let mut subs = Subscribers::default();
         let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();

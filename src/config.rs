@@ -29,7 +29,7 @@ pub enum Command {
     /// Publish a message to a channel through the server's Unix socket.
     Publish(PublishArgs),
     /// Preflight: can this machine hold N connections, and what to tune.
-    Check(crate::check::CheckArgs),
+    Check(crate::ops::check::CheckArgs),
 }
 
 /// Which io driver each shard's monoio runtime uses.

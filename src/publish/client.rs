@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::protocol::encode_pub;
 use crate::config::{PublishArgs, default_publish_socket};
-use crate::frame::MessageKind;
+use crate::ws::frame::MessageKind;
 
 /// Runs `crier publish`. Prints each sequence number; exits 1 with the server's reason on a
 /// refusal, 2 when the server cannot be reached or the input cannot be read.

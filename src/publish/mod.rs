@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{UnixListener, UnixStream};
 
-use crate::capacity::{AcceptErrors, MAX_PUBLISHERS};
 use crate::config::Config;
 use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
-use crate::metrics::{Metrics, PublishError};
-use crate::sockio::{recv_some, send_all, send_now};
+use crate::ops::capacity::{AcceptErrors, MAX_PUBLISHERS};
+use crate::ops::metrics::{Metrics, PublishError};
+use crate::shard::sockio::{recv_some, send_all, send_now};
 use protocol::{MAX_LINE, Parsed};
 use turns::{TURN_BYTES, TURN_COMMANDS, Turns};
 

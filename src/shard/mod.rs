@@ -10,8 +10,14 @@
 //! enforces the idle timeout and closes stragglers; there is no timer per connection.
 //! Nothing here takes a lock on the write path.
 
+pub mod conn;
+pub mod fanout;
+pub mod history;
+pub mod outbound;
+pub mod runtime;
+pub mod sockio;
+
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,23 +25,20 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
-use monoio::time::TimeDriver;
-use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::capacity::{AcceptErrors, Slot};
 use crate::channel::ChannelName;
-use crate::config::{Config, DriverChoice};
-use crate::conn::{self, Conn, State};
-use crate::deflate::Inflater;
-use crate::fanout::{ShardFrames, Subscribers};
-use crate::frame;
-use crate::frame::MessageKind;
-use crate::handshake::{HandshakeConfig, Upgrade};
-use crate::history::{self, History, Notice, Request};
+use crate::config::Config;
 use crate::hub::{self, Broadcast, ShardMsg};
-use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
-use crate::outbound::{Flush, OutFrame, Written};
-use crate::sockio;
+use crate::ops::capacity::{AcceptErrors, Slot};
+use crate::ops::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
+use crate::ws::deflate::Inflater;
+use crate::ws::frame;
+use crate::ws::frame::MessageKind;
+use crate::ws::handshake::{HandshakeConfig, Upgrade};
+use conn::{Conn, State};
+use fanout::{ShardFrames, Subscribers};
+use history::{History, Notice, Request};
+use outbound::{Flush, OutFrame, Written};
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -49,57 +52,6 @@ const BATCH_SHARE_OF_QUEUE: usize = 2;
 /// A connection that has not finished its close handshake this long after our close frame
 /// is cut off.
 const CLOSE_GRACE_MS: u64 = 2_000;
-
-/// The runtime type every shard runs: io_uring or epoll, both with timers.
-pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
-
-/// Whether the kernel lets this process set up an io_uring (Docker's default seccomp
-/// profile and `kernel.io_uring_disabled` do not).
-pub fn probe_io_uring() -> io::Result<()> {
-    // struct io_uring_params is 120 bytes; zeroed asks for defaults.
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup reads and writes params, which is large enough.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned to us.
-    unsafe { libc::close(fd as i32) };
-    if monoio::utils::detect_uring() {
-        Ok(())
-    } else {
-        Err(io::Error::other("the kernel lacks io_uring operations monoio needs"))
-    }
-}
-
-/// Builds the runtime for `choice`; returns it with the driver's name.
-pub fn build_runtime(choice: DriverChoice) -> Result<(Runtime, &'static str), String> {
-    let uring =
-        || RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|rt| (Runtime::from(rt), "io_uring"));
-    let epoll = || {
-        RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|rt| (Runtime::from(rt), "epoll"))
-            .map_err(|e| format!("cannot start the epoll driver: {e}"))
-    };
-    match choice {
-        DriverChoice::Epoll => epoll(),
-        DriverChoice::IoUring => match probe_io_uring() {
-            Ok(()) => uring().map_err(|e| format!("cannot start the io_uring driver: {e}")),
-            Err(e) => Err(format!(
-                "--driver io-uring: io_uring is not available here ({e}); it is blocked by seccomp (e.g. Docker's default profile) or kernel.io_uring_disabled. Use --driver epoll or --driver auto"
-            )),
-        },
-        DriverChoice::Auto => match probe_io_uring() {
-            Ok(()) => uring().or_else(|e| {
-                tracing::warn!("io_uring set-up failed ({e}); falling back to epoll");
-                epoll()
-            }),
-            Err(_) => epoll(),
-        },
-    }
-}
 
 /// A shard's state, shared (`Rc`) by its tasks.
 pub struct Shard {
@@ -463,7 +415,7 @@ impl Shard {
             let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
             local.reset();
         }
-        crate::memory::release();
+        crate::ops::memory::release();
     }
 
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
@@ -511,7 +463,7 @@ pub fn run(
             tracing::warn!(shard = id, "could not pin to CPU {}", core.id);
         }
     }
-    let (mut rt, driver) = match build_runtime(cfg.driver) {
+    let (mut rt, driver) = match runtime::build_runtime(cfg.driver) {
         Ok(built) => built,
         Err(e) => {
             let _ = ready.send(Err(e));

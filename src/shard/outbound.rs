@@ -259,7 +259,7 @@ mod tests {
         }
         assert_eq!(q.queued_bytes(), 1000);
         let mut w = Written::default();
-        let mut h = crate::metrics::new_latency_histogram();
+        let mut h = crate::ops::metrics::new_latency_histogram();
         assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Done);
         assert_eq!(w.frames, 100);
         assert_eq!(h.len(), 100);
@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn pong(payload: &[u8]) -> Rc<OutFrame> {
-        OutFrame::control(crate::frame::encode_pong(payload).bytes().clone())
+        OutFrame::control(crate::ws::frame::encode_pong(payload).bytes().clone())
     }
 
     #[test]
@@ -311,7 +311,7 @@ mod tests {
     fn a_written_pong_is_no_longer_pending() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let mut q = OutboundQueue::default();
-        let (mut w, mut h) = (Written::default(), crate::metrics::new_latency_histogram());
+        let (mut w, mut h) = (Written::default(), crate::ops::metrics::new_latency_histogram());
         for round in 0..3u8 {
             q.push_pong(pong(&[round]), 3);
             assert_eq!(q.frames.len(), 1);
@@ -357,7 +357,7 @@ mod tests {
         q.push(frame(&big));
         q.push(frame(b"tail"));
         let mut w = Written::default();
-        let mut h = crate::metrics::new_latency_histogram();
+        let mut h = crate::ops::metrics::new_latency_histogram();
         assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Blocked);
         assert!(q.queued_bytes() < big.len() + 4);
         assert!(q.discard_unsent(), "head frame partly written is kept");

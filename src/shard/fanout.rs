@@ -13,8 +13,8 @@ use slab::Slab;
 
 use crate::channel::ChannelName;
 use crate::hub::Broadcast;
-use crate::metrics::Metrics;
-use crate::outbound::{OutFrame, OutboundQueue};
+use crate::ops::metrics::Metrics;
+use crate::shard::outbound::{OutFrame, OutboundQueue};
 
 /// What fan-out needs from a connection.
 pub trait Subscriber {
@@ -178,7 +178,7 @@ fn out_frame(b: &Broadcast, bytes: &bytes::Bytes, deflated: bool) -> Rc<OutFrame
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{MessageKind, encode_data};
+    use crate::ws::frame::{MessageKind, encode_data};
     use std::time::Instant;
 
     #[derive(Default)]

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
-use crate::metrics::Metrics;
-use crate::sockio::{recv_some, send_all, send_now};
+use crate::ops::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
+use crate::ops::metrics::Metrics;
+use crate::shard::sockio::{recv_some, send_all, send_now};
 
 /// Serves admin requests until the process exits. At most `MAX_ADMIN_CONNECTIONS` are
 /// served at once, so that a flood of admin connections cannot take the descriptors kept

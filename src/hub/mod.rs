@@ -15,9 +15,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
-use crate::deflate::Compressor;
-use crate::frame::{self, Frame, MessageKind};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::ws::deflate::Compressor;
+use crate::ws::frame::{self, Frame, MessageKind};
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.

@@ -4,14 +4,14 @@
 //!
 //! It owns the [`Readings`] type and the parsers of the kernel's text formats. It must never
 //! judge a value (that is `rules.rs`) or change the system: it only reads, and the io_uring
-//! probe (the shards' own, [`crate::shard::probe_io_uring`]) closes its ring at once. A value
+//! probe (the shards' own, [`crate::shard::runtime::probe_io_uring`]) closes its ring at once. A value
 //! that cannot be read is `None`, never a panic. [`nofile_limits`] is `pub` so that the
 //! server's start-up reads RLIMIT_NOFILE through it too.
 
 use std::path::Path;
 
 /// Whether a shard started now could run on io_uring, as `crier serve --driver auto` decides
-/// it ([`crate::shard::probe_io_uring`]).
+/// it ([`crate::shard::runtime::probe_io_uring`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoUring {
     Available,
@@ -178,7 +178,7 @@ fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
 
 /// The same probe `crier serve` runs before choosing its driver, so the two never disagree.
 fn io_uring() -> IoUring {
-    match crate::shard::probe_io_uring() {
+    match crate::shard::runtime::probe_io_uring() {
         Ok(()) => IoUring::Available,
         Err(e) => match e.raw_os_error() {
             Some(errno) => IoUring::Refused(errno),

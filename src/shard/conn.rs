@@ -14,15 +14,16 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use monoio::net::TcpStream;
 
-use crate::capacity::{REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
 use crate::channel::ChannelName;
-use crate::fanout::{Membership, Subscriber};
-use crate::frame::{Event, FrameReader, MessageKind, ReaderLimits, Violation, close_code};
-use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
-use crate::metrics::{CloseReason, RefuseReason};
-use crate::outbound::OutboundQueue;
+use crate::ops::capacity::{REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
+use crate::ops::metrics::{CloseReason, RefuseReason};
 use crate::shard::Shard;
-use crate::sockio::{recv, recv_some, send_all, send_now};
+use crate::shard::fanout::{Membership, Subscriber};
+use crate::shard::outbound::OutboundQueue;
+use crate::shard::sockio::{recv, recv_some, send_all, send_now};
+use crate::ws::frame::{MessageKind, close_code};
+use crate::ws::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
+use crate::ws::reader::{Event, FrameReader, ReaderLimits, Violation};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,8 +390,10 @@ fn check_message(shard: &Shard, kind: MessageKind, compressed: bool, payload: &[
     let mut inflater = shard.inflater.borrow_mut();
     let data = if compressed {
         inflater.inflate(payload, cap).map_err(|e| match e {
-            crate::deflate::InflateError::TooBig => Violation::too_big("message too big after inflating"),
-            crate::deflate::InflateError::Corrupt => Violation::bad_compression("message is not valid DEFLATE data"),
+            crate::ws::deflate::InflateError::TooBig => Violation::too_big("message too big after inflating"),
+            crate::ws::deflate::InflateError::Corrupt => {
+                Violation::bad_compression("message is not valid DEFLATE data")
+            }
         })?
     } else {
         payload

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Descriptors crier holds whatever its load: stdin/stdout/stderr, the publisher and admin
 /// listeners, the signal pipe, the control thread's epoll and eventfd, systemd's

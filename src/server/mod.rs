@@ -5,6 +5,8 @@
 //! admin), reports ready, then waits for SIGTERM/SIGINT and drains. Shards own the client
 //! connections; the control thread owns sequencing; the main thread owns nothing hot.
 
+pub mod listen;
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -18,10 +20,11 @@ use monoio::{LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
-use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::Notifier;
+use crate::ops::{admin, capacity};
 use crate::publish::{self, Ingress};
-use crate::{admin, capacity, listen, shard};
+use crate::shard;
 
 /// Runs the server until a signal has drained it. Errors at start-up exit non-zero.
 pub fn run(cfg: Config) -> ExitCode {
@@ -87,7 +90,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     }
     let _ = metrics.driver.set(driver);
     if cfg.driver == DriverChoice::Auto && driver == "epoll" {
-        let why = shard::probe_io_uring().err().map_or_else(|| "set-up failed".to_string(), |e| e.to_string());
+        let why = shard::runtime::probe_io_uring().err().map_or_else(|| "set-up failed".to_string(), |e| e.to_string());
         tracing::warn!("io_uring is not available ({why}); falling back to epoll");
     }
 

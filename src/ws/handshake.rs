@@ -72,7 +72,7 @@ pub enum HandshakeError {
 }
 
 /// The browser client, served at `GET /crier.js`.
-pub const CLIENT_SCRIPT: &str = include_str!("../clients/js/crier.js");
+pub const CLIENT_SCRIPT: &str = include_str!("../../clients/js/crier.js");
 
 impl HandshakeError {
     pub fn status(&self) -> (u16, &'static str) {

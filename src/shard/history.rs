@@ -135,7 +135,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{MessageKind, encode_data};
+    use crate::ws::frame::{MessageKind, encode_data};
 
     fn msg(ch: &str, seq: u64, at: Instant) -> Arc<Broadcast> {
         Arc::new(Broadcast {
