@@ -6,75 +6,25 @@
 //! `Arc<Broadcast>` and hands that one value to every shard's queue. It never touches a
 //! socket and never copies a payload per shard or per connection.
 
-use std::cell::RefCell;
+mod broadcast;
+
+pub use broadcast::{Broadcast, Enveloped, payload_of};
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::deflate::Compressor;
-use crate::ws::frame::{self, Frame, MessageKind};
+use crate::ws::frame::{self, MessageKind};
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.
 pub fn epoch() -> u64 {
     static EPOCH: OnceLock<u64> = OnceLock::new();
     *EPOCH.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64))
-}
-
-/// One published message, encoded for every subscriber.
-#[derive(Debug)]
-pub struct Broadcast {
-    pub channel: ChannelName,
-    pub seq: u64,
-    pub kind: MessageKind,
-    /// The complete frame for connections without compression.
-    pub plain: Frame,
-    /// The complete RSV1 frame for permessage-deflate connections, when it is smaller.
-    pub deflated: Option<Frame>,
-    /// The `crier.v1` envelope frames, built once, the first time a subscriber needs them.
-    pub enveloped: OnceLock<Enveloped>,
-    /// When the publish was accepted (for the delivery-latency histogram).
-    pub published_at: Instant,
-}
-
-/// A broadcast in the `crier.v1` envelope: `m <channel> <seq> <epoch>\n<payload>`.
-#[derive(Debug)]
-pub struct Enveloped {
-    pub plain: Frame,
-    pub deflated: Option<Frame>,
-}
-
-thread_local! {
-    /// Envelopes are built by the hub, or (rarely, for a subscriber that just arrived) by a
-    /// shard: each thread keeps its own compressor.
-    static COMPRESSOR: RefCell<Compressor> = RefCell::new(Compressor::new());
-}
-
-impl Broadcast {
-    /// The payload as published (a view into the plain frame, not a copy).
-    pub fn payload(&self) -> Bytes {
-        payload_of(&self.plain)
-    }
-
-    /// The envelope frames, built on first use (encoded once, compressed at most once).
-    pub fn envelope(&self, metrics: &Metrics) -> &Enveloped {
-        self.enveloped.get_or_init(|| {
-            let payload = self.payload();
-            let mut body = format!("m {} {} {}\n", self.channel, self.seq, epoch()).into_bytes();
-            body.extend_from_slice(&payload);
-            metrics.frames_encoded.fetch_add(1, Relaxed);
-            let deflated = (metrics.deflate_connections.load(Relaxed) > 0).then(|| {
-                metrics.compressions.fetch_add(1, Relaxed);
-                COMPRESSOR.with(|c| c.borrow_mut().compress(&body)).map(|z| frame::encode_data(self.kind, &z, true))
-            });
-            Enveloped { plain: frame::encode_data(self.kind, &body, false), deflated: deflated.flatten() }
-        })
-    }
 }
 
 /// What the hub sends a shard.
@@ -114,10 +64,15 @@ impl Hub {
                 1
             }
         };
-        let broadcast = Arc::new(self.encode(channel, seq, kind, payload, published_at));
+        let mut broadcast = self.encode(channel, seq, kind, payload, published_at);
         if self.metrics.envelope_connections.load(Relaxed) > 0 {
-            broadcast.envelope(&self.metrics);
+            // Built here, before the broadcast is shared, so no shard ever waits on another
+            // for it; a shard builds its own only for broadcasts from before its first
+            // envelope subscriber (see `ShardFrames`).
+            let compressor = &mut self.compressor;
+            broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
+        let broadcast = Arc::new(broadcast);
         self.metrics.messages_published.fetch_add(1, Relaxed);
         for shard in &self.shards {
             // A shard that has exited (only during shutdown) just misses the message.
@@ -136,7 +91,7 @@ impl Hub {
         } else {
             None
         };
-        Broadcast { channel, seq, kind, plain, deflated, enveloped: OnceLock::new(), published_at: at }
+        Broadcast { channel, seq, kind, plain, deflated, enveloped: None, published_at: at }
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].
@@ -150,18 +105,6 @@ impl Hub {
             let _ = shard.send(ShardMsg::Drain);
         }
     }
-}
-
-/// The payload bytes of a frame (for tests and benches).
-pub fn payload_of(frame: &Frame) -> Bytes {
-    let b = frame.bytes();
-    let len_byte = b[1] & 0x7f;
-    let start = match len_byte {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    b.slice(start..)
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use slab::Slab;
 
 use crate::channel::ChannelName;
-use crate::hub::Broadcast;
+use crate::hub::{Broadcast, Enveloped};
 use crate::ops::metrics::Metrics;
 use crate::shard::outbound::{OutFrame, OutboundQueue};
+use crate::ws::deflate::Compressor;
 
 /// What fan-out needs from a connection.
 pub trait Subscriber {
@@ -135,19 +136,40 @@ pub struct ShardFrames {
     pub plain: Rc<OutFrame>,
     pub deflated: Option<Rc<OutFrame>>,
     broadcast: Arc<Broadcast>,
-    metrics: Arc<Metrics>,
+    encoder: Rc<ShardEncoder>,
     envelope: OnceCell<(Rc<OutFrame>, Option<Rc<OutFrame>>)>,
 }
 
+/// What a shard needs to build the frames the hub did not: the envelope of a broadcast
+/// published before any connection used envelopes (a replay to a new `crier.v1` subscriber,
+/// mostly). One per shard, never shared, so building one never waits on another shard.
+pub struct ShardEncoder {
+    metrics: Arc<Metrics>,
+    /// Made on first use: most shards never need one.
+    compressor: RefCell<Option<Compressor>>,
+}
+
+impl ShardEncoder {
+    pub fn new(metrics: Arc<Metrics>) -> Rc<Self> {
+        Rc::new(Self { metrics, compressor: RefCell::new(None) })
+    }
+
+    fn envelope(&self, b: &Broadcast) -> Enveloped {
+        b.build_envelope(&self.metrics, |body| {
+            self.compressor.borrow_mut().get_or_insert_with(Compressor::new).compress(body)
+        })
+    }
+}
+
 impl ShardFrames {
-    pub fn new(b: &Arc<Broadcast>, metrics: &Arc<Metrics>) -> Self {
+    pub fn new(b: &Arc<Broadcast>, encoder: &Rc<ShardEncoder>) -> Self {
         Self {
             channel: b.channel.clone(),
             seq: b.seq,
             plain: out_frame(b, b.plain.bytes(), false),
             deflated: b.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)),
             broadcast: b.clone(),
-            metrics: metrics.clone(),
+            encoder: encoder.clone(),
             envelope: OnceCell::new(),
         }
     }
@@ -156,8 +178,15 @@ impl ShardFrames {
     pub fn pick(&self, envelope: bool, deflate: bool) -> &Rc<OutFrame> {
         let (plain, deflated) = if envelope {
             let (p, d) = self.envelope.get_or_init(|| {
-                let env = self.broadcast.envelope(&self.metrics);
                 let b = &self.broadcast;
+                let built;
+                let env = match &b.enveloped {
+                    Some(env) => env,
+                    None => {
+                        built = self.encoder.envelope(b);
+                        &built
+                    }
+                };
                 (out_frame(b, env.plain.bytes(), false), env.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)))
             });
             (p, d.as_ref())
@@ -211,7 +240,7 @@ mod tests {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"hello", false),
             deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: Instant::now(),
         })
     }
@@ -231,9 +260,9 @@ mod tests {
         subs.insert(c.clone(), names(&["x"]));
         let mut dirty = Vec::new();
         let metrics = Arc::new(Metrics::new(1));
-        subs.deliver(&ShardFrames::new(&broadcast("x", true), &metrics), &mut dirty);
-        subs.deliver(&ShardFrames::new(&broadcast("y", false), &metrics), &mut dirty);
-        subs.deliver(&ShardFrames::new(&broadcast("*", false), &metrics), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("x", true), &ShardEncoder::new(metrics.clone())), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("y", false), &ShardEncoder::new(metrics.clone())), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("*", false), &ShardEncoder::new(metrics.clone())), &mut dirty);
         assert_eq!(a.out.borrow().queued_bytes(), 7 + 7);
         assert_eq!(b.out.borrow().queued_bytes(), 4 + 7 + 7, "deflate frame for x, plain for y and *");
         assert_eq!(c.out.borrow().queued_bytes(), 0, "closing connections get nothing");
@@ -252,7 +281,7 @@ mod tests {
         let a = Rc::new(Fake::default());
         subs.insert(a.clone(), vec![]);
         let mut dirty = Vec::new();
-        let frames = ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1)));
+        let frames = ShardFrames::new(&broadcast("*", false), &ShardEncoder::new(Arc::new(Metrics::new(1))));
         for _ in 0..3 {
             subs.deliver(&frames, &mut dirty);
         }

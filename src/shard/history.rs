@@ -144,7 +144,7 @@ mod tests {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, format!("{seq}").as_bytes(), false),
             deflated: None,
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: at,
         })
     }

@@ -36,7 +36,7 @@ use crate::ws::frame;
 use crate::ws::frame::MessageKind;
 use crate::ws::handshake::{HandshakeConfig, Upgrade};
 use conn::{Conn, State};
-use fanout::{ShardFrames, Subscribers};
+use fanout::{ShardEncoder, ShardFrames, Subscribers};
 use history::{History, Notice, Request};
 use outbound::{Flush, OutFrame, Written};
 
@@ -58,6 +58,8 @@ pub struct Shard {
     pub id: usize,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Builds envelopes the hub did not (see `ShardEncoder`); this shard's own.
+    encoder: Rc<ShardEncoder>,
     pub handshake: HandshakeConfig,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
@@ -92,6 +94,7 @@ impl Shard {
         Self {
             id,
             cfg,
+            encoder: ShardEncoder::new(metrics.clone()),
             metrics,
             handshake,
             subscribers: RefCell::new(Subscribers::default()),
@@ -196,7 +199,7 @@ impl Shard {
                 conn.skip.borrow_mut().push((ch.clone(), seq));
             }
             for b in &plan.replay {
-                let frames = ShardFrames::new(b, &self.metrics);
+                let frames = ShardFrames::new(b, &self.encoder);
                 let f = frames.pick(conn.envelope, conn.deflate);
                 // Not a delivery of a fresh publish: no latency sample.
                 out.push(Rc::new(OutFrame { bytes: f.bytes.clone(), published_at: None, deflated: f.deflated }));
@@ -271,7 +274,7 @@ impl Shard {
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
         self.history.borrow_mut().record(b);
-        let frames = ShardFrames::new(b, &self.metrics);
+        let frames = ShardFrames::new(b, &self.encoder);
         self.subscribers.borrow().deliver(&frames, &mut self.dirty.borrow_mut());
         let (count, bytes) = self.unflushed.get();
         self.unflushed.set((count + 1, bytes + b.plain.len()));
