@@ -15,10 +15,12 @@ pub mod fanout;
 pub mod history;
 pub mod outbound;
 pub mod runtime;
+mod session;
 pub mod sockio;
+mod sweep;
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -29,13 +31,12 @@ use monoio::net::TcpListener;
 use crate::channel::ChannelName;
 use crate::config::Config;
 use crate::hub::{self, Broadcast, ShardMsg};
-use crate::ops::capacity::{AcceptErrors, Slot};
 use crate::ops::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
 use crate::ws::deflate::Inflater;
 use crate::ws::frame;
 use crate::ws::frame::MessageKind;
 use crate::ws::handshake::{HandshakeConfig, Upgrade};
-use conn::{Conn, State};
+use conn::Conn;
 use fanout::{ShardEncoder, ShardFrames, Subscribers};
 use history::{History, Notice, Request};
 use outbound::{Flush, OutFrame, Written};
@@ -74,6 +75,11 @@ pub struct Shard {
     history: RefCell<History>,
     epoch: Instant,
     pub draining: Cell<bool>,
+    /// Drained: the sweep task ends.
+    stopped: Cell<bool>,
+    /// This shard, for the tasks it spawns (a writer needs an `Rc<Shard>`); built with
+    /// `Rc::new_cyclic`, so no thread-local has to carry it.
+    me: Weak<Shard>,
     /// The hub's queue to this shard (and a sender to put a drain order back on it).
     inbox: flume::Receiver<ShardMsg>,
     requeue: flume::Sender<ShardMsg>,
@@ -86,12 +92,12 @@ impl Shard {
         metrics: Arc<Metrics>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
-    ) -> Self {
+    ) -> Rc<Self> {
         let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
         let batch_bytes = cfg.max_queue_bytes / BATCH_SHARE_OF_QUEUE;
-        Self {
+        Rc::new_cyclic(|me| Self {
             id,
             cfg,
             encoder: ShardEncoder::new(metrics.clone()),
@@ -110,7 +116,9 @@ impl Shard {
             draining: Cell::new(false),
             inbox,
             requeue,
-        }
+            stopped: Cell::new(false),
+            me: me.clone(),
+        })
     }
 
     /// Applies broadcasts the hub has already sent (and acknowledged to publishers) but this
@@ -156,14 +164,14 @@ impl Shard {
         let channels = std::mem::take(&mut upgrade.channels);
         self.replay(conn, &channels, &upgrade);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
-        *conn.membership.borrow_mut() = membership;
+        conn.set_membership(membership);
         let stats = self.stats();
         stats.connections.fetch_add(1, Relaxed);
         stats.accepted.fetch_add(1, Relaxed);
-        if conn.deflate {
+        if conn.deflate() {
             self.metrics.deflate_connections.fetch_add(1, Relaxed);
         }
-        if conn.envelope {
+        if conn.envelope() {
             self.metrics.envelope_connections.fetch_add(1, Relaxed);
         }
     }
@@ -176,7 +184,7 @@ impl Shard {
         self.apply_pending();
         let now = Instant::now();
         let history = self.history.borrow();
-        let mut out = conn.out.borrow_mut();
+        let mut out = conn.out().borrow_mut();
         let mut replayed = 0u64;
         for (i, ch) in channels.iter().enumerate() {
             let request = match &upgrade.since {
@@ -190,17 +198,17 @@ impl Shard {
                     Notice::Reset => (format!("reset {ch} {}\n", hub::epoch()), 1),
                 };
                 self.metrics.resumes_unsatisfied[slot].fetch_add(1, Relaxed);
-                if conn.envelope {
+                if conn.envelope() {
                     let f = frame::encode_data(MessageKind::Text, text.as_bytes(), false);
                     out.push(OutFrame::control(f.bytes().clone()));
                 }
             }
             if let Some(seq) = plan.skip_until {
-                conn.skip.borrow_mut().push((ch.clone(), seq));
+                conn.skip_until(ch.clone(), seq);
             }
             for b in &plan.replay {
                 let frames = ShardFrames::new(b, &self.encoder);
-                let f = frames.pick(conn.envelope, conn.deflate);
+                let f = frames.pick(conn.envelope(), conn.deflate());
                 // Not a delivery of a fresh publish: no latency sample.
                 out.push(Rc::new(OutFrame { bytes: f.bytes.clone(), published_at: None, deflated: f.deflated }));
                 replayed += 1;
@@ -211,7 +219,7 @@ impl Shard {
             self.metrics.replays.fetch_add(1, Relaxed);
             self.metrics.messages_replayed.fetch_add(replayed, Relaxed);
         }
-        if !conn.out.borrow().is_empty() {
+        if !conn.out().borrow().is_empty() {
             self.mark_dirty(conn);
         }
     }
@@ -219,7 +227,7 @@ impl Shard {
     /// Takes a finished connection out of the tables.
     pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
         conn.abort();
-        let membership = std::mem::take(&mut *conn.membership.borrow_mut());
+        let membership = conn.take_membership();
         if !self.subscribers.borrow_mut().remove(membership) {
             return;
         }
@@ -227,18 +235,18 @@ impl Shard {
         stats.connections.fetch_sub(1, Relaxed);
         stats.closed[reason as usize].fetch_add(1, Relaxed);
         self.metrics.open_connections.fetch_sub(1, Relaxed);
-        if conn.deflate {
+        if conn.deflate() {
             self.metrics.deflate_connections.fetch_sub(1, Relaxed);
         }
-        if conn.envelope {
+        if conn.envelope() {
             self.metrics.envelope_connections.fetch_sub(1, Relaxed);
         }
         // Free queued frames now rather than when a writer task notices.
-        conn.out.borrow_mut().discard_unsent();
+        conn.out().borrow_mut().discard_unsent();
     }
 
     fn mark_dirty(&self, conn: &Rc<Conn>) {
-        if !conn.dirty.replace(true) {
+        if conn.mark_dirty() {
             self.dirty.borrow_mut().push(conn.clone());
         }
     }
@@ -250,18 +258,17 @@ impl Shard {
     /// flush.
     pub fn enqueue_pong(&self, conn: &Rc<Conn>, payload: &[u8], asked: usize) {
         let pong = OutFrame::control(frame::encode_pong(payload).bytes().clone());
-        conn.out.borrow_mut().push_pong(pong, asked);
+        conn.out().borrow_mut().push_pong(pong, asked);
         self.mark_dirty(conn);
     }
 
     /// Starts closing: queue a close frame, and for `hard` closes (protocol errors, slow
     /// consumers) drop what was queued and cut the connection once the frame is out.
     pub fn close(&self, conn: &Rc<Conn>, code: u16, reason: &str, why: CloseReason, hard: bool) {
-        if !conn.is_open() {
+        if !conn.start_closing(self.now_ms(), why, hard) {
             return;
         }
-        conn.state.set(State::Closing { since: self.now_ms(), reason: why, hard });
-        let mut out = conn.out.borrow_mut();
+        let mut out = conn.out().borrow_mut();
         if hard {
             out.discard_unsent();
         }
@@ -312,16 +319,16 @@ impl Shard {
         let max = self.cfg.max_queue_bytes;
         let mut list = std::mem::take(&mut *self.dirty.borrow_mut());
         for conn in list.drain(..) {
-            conn.dirty.set(false);
+            conn.clear_dirty();
             let blocked = self.flush_conn(&conn);
             if !conn.is_open() {
                 continue;
             }
-            let mut out = conn.out.borrow_mut();
+            let mut out = conn.out().borrow_mut();
             if out.owes() {
                 // The kernel may take our pongs long after the client stopped reading; only
                 // its acknowledgements tell. Asked only of connections that sent pings.
-                out.peer_acked(sockio::bytes_acked(conn.fd));
+                out.peer_acked(sockio::bytes_acked(conn.fd()));
             }
             let slow = (blocked || out.owes()) && out.over(max);
             drop(out);
@@ -339,7 +346,7 @@ impl Shard {
     /// writer task is, or now is, waiting for writability).
     pub fn flush_conn(&self, conn: &Rc<Conn>) -> bool {
         let mut written = Written::default();
-        let result = conn.out.borrow_mut().flush(conn.fd, &mut written, &mut self.latency.borrow_mut());
+        let result = conn.out().borrow_mut().flush(conn.fd(), &mut written, &mut self.latency.borrow_mut());
         if written.frames > 0 {
             let stats = self.stats();
             stats.frames_written.fetch_add(written.frames, Relaxed);
@@ -358,8 +365,10 @@ impl Shard {
                 false
             }
             Ok(Flush::Blocked) => {
-                if !conn.writer_active.replace(true) {
-                    monoio::spawn(conn::writer(self.rc(), conn.clone()));
+                if let Some(shard) = self.me.upgrade()
+                    && conn.start_writer()
+                {
+                    monoio::spawn(writer(shard, conn.clone()));
                 }
                 true
             }
@@ -368,57 +377,6 @@ impl Shard {
                 false
             }
         }
-    }
-
-    fn rc(&self) -> Rc<Shard> {
-        SELF.with(|s| s.borrow().clone().expect("shard registered on its thread"))
-    }
-
-    /// Pings quiet connections, closes idle ones and stragglers, publishes the latency
-    /// histogram. Runs once per tick for the whole shard.
-    fn sweep(&self) {
-        let now = self.now_ms();
-        let ping_ms = self.cfg.ping_interval.as_millis() as u64;
-        let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
-        let mut idle = Vec::new();
-        {
-            let subscribers = self.subscribers.borrow();
-            for conn in subscribers.iter() {
-                match conn.state.get() {
-                    State::Open => {
-                        let seen = conn.last_seen.get();
-                        if now.saturating_sub(seen) >= idle_ms {
-                            idle.push(conn.clone());
-                        } else if now.saturating_sub(seen.max(conn.last_ping.get())) >= ping_ms {
-                            conn.last_ping.set(now);
-                            conn.out.borrow_mut().push(self.ping.clone());
-                            self.mark_dirty(conn);
-                        } else if !conn.writer_active.get() {
-                            conn.out.borrow_mut().shrink_idle();
-                        }
-                    }
-                    State::Closing { since, .. } => {
-                        if now.saturating_sub(since) >= CLOSE_GRACE_MS {
-                            conn.abort();
-                        }
-                    }
-                }
-            }
-        }
-        for conn in idle {
-            self.close(&conn, frame::close_code::GOING_AWAY, "idle timeout", CloseReason::IdleTimeout, false);
-        }
-        self.flush_dirty();
-        self.inflater.borrow_mut().shrink();
-        self.history.borrow_mut().expire(Instant::now());
-        let mut local = self.latency.borrow_mut();
-        if !local.is_empty()
-            && let Ok(mut shared) = self.stats().latency.lock()
-        {
-            let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
-            local.reset();
-        }
-        crate::ops::memory::release();
     }
 
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
@@ -440,11 +398,6 @@ impl Shard {
             tracing::warn!(shard = self.id, "drain timeout: cutting {left} connections");
         }
     }
-}
-
-thread_local! {
-    /// The shard of this thread, so a `&Shard` can spawn tasks that need an `Rc<Shard>`.
-    static SELF: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
 
 /// What a shard thread reports once its runtime is up: the driver, or why it failed.
@@ -481,11 +434,10 @@ pub fn run(
                 return;
             }
         };
-        let shard = Rc::new(Shard::new(id, cfg, metrics, rx.clone(), requeue));
-        SELF.with(|s| *s.borrow_mut() = Some(shard.clone()));
+        let shard = Shard::new(id, cfg, metrics, rx.clone(), requeue);
         let _ = ready.send(Ok(driver));
-        monoio::spawn(accept_loop(shard.clone(), listener));
-        monoio::spawn(sweep_loop(shard.clone()));
+        monoio::spawn(session::accept_loop(shard.clone(), listener));
+        monoio::spawn(sweep::sweep_loop(shard.clone()));
         while let Ok(msg) = rx.recv_async().await {
             let mut next = Some(msg);
             let mut waited = false;
@@ -495,7 +447,7 @@ pub fn run(
                     ShardMsg::Drain => {
                         shard.flush_dirty();
                         shard.drain().await;
-                        SELF.with(|s| s.borrow_mut().take());
+                        shard.stopped.set(true);
                         return;
                     }
                 }
@@ -537,39 +489,16 @@ async fn yield_now() {
     .await
 }
 
-/// Accepts WebSocket clients. Each socket takes a slot of the connection limit first (a
-/// client in its handshake holds a descriptor too); one that finds none is answered 503 at
-/// once, so a full server never leaves clients hanging in the backlog, and never lets the
-/// WebSocket side eat the descriptors reserved for publishers and the admin port.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut errors = AcceptErrors::default();
-    let refusing = Rc::new(Cell::new(0usize));
+/// The writer task, alive only while the connection's queue waits on a full socket.
+async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => match Slot::try_acquire(&shard.metrics) {
-                Some(slot) => {
-                    monoio::spawn(conn::accept(shard.clone(), stream, slot));
-                }
-                None => conn::refuse_full(&shard, stream, &refusing),
-            },
-            Err(e) => {
-                if shard.draining.get() || e.raw_os_error() == Some(libc::EINVAL) {
-                    break; // the listener was shut down for draining
-                }
-                errors.handle(&format!("shard {}", shard.id), &e).await;
-            }
+        if conn.stream().writable(false).await.is_err() {
+            conn.abort();
+            break;
+        }
+        if !shard.flush_conn(&conn) {
+            break;
         }
     }
-}
-
-async fn sweep_loop(shard: Rc<Shard>) {
-    let base = shard.cfg.ping_interval.min(shard.cfg.idle_timeout) / 4;
-    let tick = base.clamp(Duration::from_millis(20), Duration::from_secs(1));
-    loop {
-        monoio::time::sleep(tick).await;
-        if SELF.with(|s| s.borrow().is_none()) {
-            return;
-        }
-        shard.sweep();
-    }
+    conn.writer_done();
 }
