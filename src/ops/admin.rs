@@ -14,6 +14,7 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::ops::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
 use crate::ops::metrics::Metrics;
 use crate::shard::sockio::{recv_some, send_all, send_now};
+use crate::ws::http;
 
 /// Serves admin requests until the process exits. At most `MAX_ADMIN_CONNECTIONS` are
 /// served at once, so that a flood of admin connections cannot take the descriptors kept
@@ -25,7 +26,7 @@ pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) if open.get() >= MAX_ADMIN_CONNECTIONS => {
-                let _ = send_now(stream.as_raw_fd(), BUSY.as_bytes());
+                let _ = send_now(stream.as_raw_fd(), &busy());
             }
             Ok((stream, _)) => {
                 let (metrics, open) = (metrics.clone(), open.clone());
@@ -41,7 +42,9 @@ pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
 }
 
 /// The answer when `MAX_ADMIN_CONNECTIONS` are already being served.
-const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\ntoo many admin connections\n";
+fn busy() -> Vec<u8> {
+    http::response("503 Service Unavailable", "text/plain", &[], b"too many admin connections\n")
+}
 
 async fn serve(stream: TcpStream, metrics: &Metrics) {
     let mut buf = vec![0u8; 8192];
@@ -59,11 +62,8 @@ async fn serve(stream: TcpStream, metrics: &Metrics) {
             _ => break ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         }
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = send_all(&stream, resp.as_bytes()).await;
+    let resp = http::response(status, ctype, &[], body.as_bytes());
+    let _ = send_all(&stream, &resp).await;
 }
 
 fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'static str, &'static str, String) {

@@ -5,6 +5,7 @@
 //! [`HandshakeError`] carries the HTTP status every refusal gets. The connection module does
 //! the IO. Nothing here allocates per byte read and nothing panics on client input.
 
+use super::http;
 use crate::channel::{ChannelName, ChannelNameError};
 
 /// Largest request head accepted; past it the client gets 431.
@@ -90,27 +91,19 @@ impl HandshakeError {
     /// The full HTTP response sent before closing the connection.
     pub fn response(&self) -> Vec<u8> {
         if *self == HandshakeError::ClientScript {
-            return format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/javascript; charset=utf-8\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\n{CLIENT_SCRIPT}",
-                CLIENT_SCRIPT.len()
-            )
-            .into_bytes();
+            let extra = [("Access-Control-Allow-Origin", "*"), ("Cache-Control", "max-age=300")];
+            return http::response("200 OK", "application/javascript; charset=utf-8", &extra, CLIENT_SCRIPT.as_bytes());
         }
         let (code, text) = self.status();
         let body = format!("{self}\n");
-        let mut extra = String::new();
-        match self {
-            HandshakeError::BadVersion => extra.push_str("Sec-WebSocket-Version: 13\r\n"),
-            HandshakeError::UpgradeRequired => extra.push_str("Upgrade: websocket\r\n"),
-            HandshakeError::MethodNotAllowed => extra.push_str("Allow: GET\r\n"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => extra.push_str("Retry-After: 5\r\n"),
-            _ => {}
-        }
-        format!(
-            "HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        let extra: &[(&str, &str)] = match self {
+            HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13")],
+            HandshakeError::UpgradeRequired => &[("Upgrade", "websocket")],
+            HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
+            HandshakeError::OverCapacity | HandshakeError::Draining => &[("Retry-After", "5")],
+            _ => &[],
+        };
+        http::response(&format!("{code} {text}"), "text/plain; charset=utf-8", extra, body.as_bytes())
     }
 }
 

@@ -5,4 +5,5 @@
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+pub mod http;
 pub mod reader;
