@@ -213,24 +213,26 @@ fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str 
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
 fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into lim.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-        // What Linux gives a process by default.
-        return 1024;
-    }
-    let old = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
+    let old = match crate::ops::check::nofile_limits() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("getrlimit(RLIMIT_NOFILE): {e}");
+            // What Linux gives a process by default.
+            return 1024;
+        }
+    };
+    let mut soft = old.soft;
+    if old.soft < old.hard {
+        let lim = libc::rlimit { rlim_cur: old.hard, rlim_max: old.hard };
         // SAFETY: setrlimit reads lim.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            soft = old.hard;
+        } else {
             tracing::warn!("setrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-            lim.rlim_cur = old;
         }
     }
-    tracing::info!("RLIMIT_NOFILE: soft {old} -> {} (hard {})", lim.rlim_cur, lim.rlim_max);
-    lim.rlim_cur
+    tracing::info!("RLIMIT_NOFILE: soft {} -> {soft} (hard {})", old.soft, old.hard);
+    soft
 }
 
 /// Logs the connection limit in force, with a warning when RLIMIT_NOFILE lowered it.

@@ -48,6 +48,10 @@ pub struct CheckArgs {
     /// The listen backlog `crier serve --backlog` will ask for (capped by somaxconn).
     #[arg(long, default_value_t = config::DEFAULT_BACKLOG as u64, value_name = "N")]
     pub backlog: u64,
+    /// The shards `crier serve --shards` will run: the descriptor reserve grows with them.
+    /// [default: online CPUs, as serve]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
 }
 
 /// `crier check`: reads this machine, prints the report, exits 1 when something blocks N.

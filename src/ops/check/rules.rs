@@ -22,9 +22,12 @@ pub const USER_BYTES_PER_CONN: u64 = 2048;
 /// Socket-buffer memory per connection while one small broadcast is in flight: one skb of
 /// ~4 KiB truesize until the client ACKs it. Counted in `tcp_mem`.
 pub const INFLIGHT_BYTES_PER_CONN: u64 = 4096;
-/// File descriptors besides connections: listeners, io_uring/epoll and eventfds per shard,
-/// publisher connections, admin HTTP, logs.
-pub const FD_RESERVE: u64 = 1024;
+/// File descriptors besides connections: the reserve `crier serve` keeps out of the
+/// WebSocket side's reach (its own, per shard, publishers, admin, refusals), the same
+/// number serve uses (`capacity::reserve`), so check and serve never disagree.
+pub fn fd_reserve(args: &CheckArgs) -> u64 {
+    crate::ops::capacity::reserve(args.shards.unwrap_or_else(crate::config::online_cpus)) as u64
+}
 /// `LimitNOFILE=` of `systemd/crier.service`.
 pub const UNIT_NOFILE: u64 = 1_048_576;
 
@@ -44,10 +47,11 @@ const STORM_CONNECTIONS: u64 = 10_000;
 /// Judges the readings for N connections. Pure: everything it knows is in its arguments.
 pub fn assess(r: &Readings, args: &CheckArgs) -> Report {
     let n = args.connections;
-    let fds = n.saturating_add(FD_RESERVE);
+    let reserve = fd_reserve(args);
+    let fds = n.saturating_add(reserve);
     let mut out = Vec::new();
 
-    out.push(nofile(r, fds));
+    out.push(nofile(r, fds, reserve));
     out.push(nr_open(r, fds));
     out.push(file_max(r, fds));
     let memory = MemoryEstimate {
@@ -101,7 +105,7 @@ fn count(v: u64) -> String {
     if v == u64::MAX { "unlimited".into() } else { v.to_string() }
 }
 
-fn nofile(r: &Readings, fds: u64) -> Finding {
+fn nofile(r: &Readings, fds: u64, reserve: u64) -> Finding {
     const ITEM: &str = "RLIMIT_NOFILE";
     let (Some(soft), Some(hard)) = (r.nofile_soft, r.nofile_hard) else {
         return unknown(ITEM, "getrlimit(RLIMIT_NOFILE)");
@@ -109,8 +113,8 @@ fn nofile(r: &Readings, fds: u64) -> Finding {
     let current = format!("soft {}, hard {}", count(soft), count(hard));
     let needed = format!("hard ≥ {fds}");
     let why = format!(
-        "one file descriptor per connection, plus {FD_RESERVE} for listeners, publishers and admin; \
-         crier raises its soft limit to the hard limit at start"
+        "one file descriptor per connection, plus {reserve} reserved for crier itself, publishers, admin \
+         and refusals; crier raises its soft limit to the hard limit at start"
     );
     if hard >= fds {
         return finding(ITEM, Status::Ok, current, needed, &why);
@@ -121,7 +125,7 @@ fn nofile(r: &Readings, fds: u64) -> Finding {
     } else {
         format!("LimitNOFILE={limit} in a drop-in for {UNIT_FILE}, and fs.nr_open ≥ {limit} in {SYSCTL_FILE}")
     };
-    let held = hard.saturating_sub(FD_RESERVE);
+    let held = hard.saturating_sub(reserve);
     finding(ITEM, Status::Blocking, current, needed, &format!("{why}; this hard limit holds {held} connections")).fix(
         format!(
             "under systemd: {unit}; started by hand: install {LIMITS_FILE} in /etc/security/limits.d/ \
