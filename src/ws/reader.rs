@@ -95,6 +95,7 @@ pub struct ReaderLimits {
 
 impl FrameReader {
     /// Bytes held between reads (an incomplete frame, or fragments of a message).
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.partial.capacity() + self.assembly.as_ref().map_or(0, |a| a.data.capacity())
     }
@@ -265,6 +266,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 mod tests {
     use super::*;
 
+    // Our own encoder, not tungstenite's FrameHeader (which the reader parses with): the
+    // tests check the wire independently of the code under test.
     fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let mut out = vec![first];
         let m = if mask.is_some() { 0x80 } else { 0 };
