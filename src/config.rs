@@ -231,6 +231,29 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides it).
     #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: String,
+
+    /// TEST ONLY, and only in debug builds (a release build has no such flag): `N@DURATION`
+    /// makes shard N block its thread for good DURATION after it starts, as a wedged shard
+    /// would, so tests/watchdog.rs can check that WATCHDOG=1 then stops. Hidden from --help
+    /// and from the README on purpose: it is not a setting.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true, value_parser = parse_wedge, value_name = "N@DURATION")]
+    pub debug_wedge_shard: Option<Wedge>,
+}
+
+/// Test only: which shard `--debug-wedge-shard` blocks, and when (see `ServeArgs`).
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wedge {
+    pub shard: usize,
+    pub after: Duration,
+}
+
+#[cfg(debug_assertions)]
+fn parse_wedge(s: &str) -> Result<Wedge, String> {
+    let (shard, after) = s.split_once('@').unwrap_or((s, "0s"));
+    let shard = shard.trim().parse().map_err(|_| format!("'{s}' is not N@DURATION (e.g. 1@2s)"))?;
+    Ok(Wedge { shard, after: parse_duration(after)? })
 }
 
 /// Arguments of `crier publish`.
@@ -289,6 +312,30 @@ pub struct Config {
     pub notify_socket: Option<OsString>,
     /// systemd watchdog interval (WATCHDOG_USEC), if set.
     pub watchdog: Option<Duration>,
+    /// Test only (debug builds): the shard to wedge (see `ServeArgs::debug_wedge_shard`).
+    #[cfg(debug_assertions)]
+    pub debug_wedge_shard: Option<Wedge>,
+}
+
+/// Bounds of the sweep tick (see [`Config::sweep_tick`]).
+const MIN_SWEEP_TICK: Duration = Duration::from_millis(20);
+const MAX_SWEEP_TICK: Duration = Duration::from_secs(1);
+
+impl Config {
+    /// How often each shard sweeps. A quarter of the shorter of --ping-interval and
+    /// --idle-timeout (so a ping or an idle close is at most a quarter late), between 20 ms
+    /// and 1 s. Under a systemd watchdog also at most a quarter of WATCHDOG_USEC: the
+    /// watchdog pings only while every shard's sweep is younger than the interval
+    /// (`ops::notify::watchdog`), so a healthy shard's sweep must come well inside it; the
+    /// other three quarters are margin for a sweep that waits behind a batch.
+    pub fn sweep_tick(&self) -> Duration {
+        let tick = (self.ping_interval.min(self.idle_timeout) / 4).clamp(MIN_SWEEP_TICK, MAX_SWEEP_TICK);
+        match self.watchdog {
+            // 1 ms at least: a WATCHDOG_USEC under 4 ms would otherwise spin the sweep.
+            Some(interval) => tick.min(interval / 4).max(Duration::from_millis(1)),
+            None => tick,
+        }
+    }
 }
 
 /// A setting that could not be used; the message names the setting and the fix.
@@ -452,6 +499,10 @@ impl ServeArgs {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|us| *us > 0)
             .map(Duration::from_micros);
+        #[cfg(debug_assertions)]
+        if let Some(w) = self.debug_wedge_shard.filter(|w| w.shard >= shards) {
+            return err(format!("--debug-wedge-shard: there is no shard {} (--shards {shards})", w.shard));
+        }
         Ok(Config {
             listen: self.listen,
             listen_shared: self.listen_shared,
@@ -482,6 +533,8 @@ impl ServeArgs {
             log_filter,
             notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog,
+            #[cfg(debug_assertions)]
+            debug_wedge_shard: self.debug_wedge_shard,
         })
     }
 }
@@ -545,5 +598,31 @@ mod tests {
         let e = serve(&["--shards", "0"]).unwrap().resolve().unwrap_err();
         assert!(e.0.contains("--shards"), "{e}");
         assert!(serve(&["--max-queue-bytes", "lots"]).unwrap_err().to_string().contains("max-queue-bytes"));
+    }
+
+    #[test]
+    fn sweep_tick_is_a_quarter_of_the_watchdog_interval_at_most() {
+        let mut c = serve(&[]).unwrap().resolve().unwrap();
+        c.watchdog = None;
+        assert_eq!(c.sweep_tick(), Duration::from_secs(1), "defaults: 30s pings, capped at 1 s");
+        c.watchdog = Some(Duration::from_secs(30));
+        assert_eq!(c.sweep_tick(), Duration::from_secs(1), "WatchdogSec=30s leaves the tick alone");
+        c.watchdog = Some(Duration::from_millis(200));
+        assert_eq!(c.sweep_tick(), Duration::from_millis(50));
+        c.watchdog = Some(Duration::from_millis(2));
+        assert_eq!(c.sweep_tick(), Duration::from_millis(1), "never zero");
+        let mut c = serve(&["--ping-interval", "40ms", "--idle-timeout", "1s"]).unwrap().resolve().unwrap();
+        c.watchdog = None;
+        assert_eq!(c.sweep_tick(), Duration::from_millis(20), "20 ms at least without a watchdog");
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn debug_wedge_shard_names_an_existing_shard() {
+        let s = serve(&["--shards", "2", "--debug-wedge-shard", "1@2s"]).unwrap();
+        assert_eq!(s.debug_wedge_shard, Some(Wedge { shard: 1, after: Duration::from_secs(2) }));
+        let e = serve(&["--shards", "2", "--debug-wedge-shard", "2"]).unwrap().resolve().unwrap_err();
+        assert!(e.0.contains("--debug-wedge-shard"), "{e}");
+        assert!(serve(&["--debug-wedge-shard", "one"]).is_err());
     }
 }

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -92,6 +93,10 @@ pub struct ShardMetrics {
     pub closed: [AtomicU64; CloseReason::COUNT],
     /// Cumulative delivery latency in microseconds, merged from the shard's local copy.
     pub latency: Mutex<Option<Histogram<u64>>>,
+    /// When the shard's sweep last ran, in milliseconds since [`Metrics::epoch`]: written
+    /// once per sweep tick, read by the watchdog thread before each WATCHDOG=1 (see
+    /// `ops::notify::watchdog`).
+    pub swept_at_ms: AtomicU64,
 }
 
 /// Everything /metrics reports.
@@ -125,6 +130,8 @@ pub struct Metrics {
     pub publish_socket_trouble: Mutex<Option<String>>,
     /// Times the socket file was found deleted and bound again.
     pub publish_socket_recreated: AtomicU64,
+    /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
+    epoch: Instant,
 }
 
 /// A fresh latency histogram: 1 µs to 1 hour, 3 significant digits.
@@ -135,6 +142,8 @@ pub fn new_latency_histogram() -> Histogram<u64> {
 impl Metrics {
     pub fn new(shards: usize) -> Self {
         Self {
+            // `swept_at_ms` 0 is the epoch: a shard that never sweeps is late one watchdog
+            // interval after start.
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             messages_published: AtomicU64::new(0),
             publish_errors: Default::default(),
@@ -153,7 +162,31 @@ impl Metrics {
             resumes_unsatisfied: Default::default(),
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Milliseconds since the metrics were made: one monotonic clock for every thread.
+    fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records that `shard`'s sweep is running now: one relaxed store per sweep tick, by the
+    /// shard's own thread.
+    pub fn swept(&self, shard: usize) {
+        self.shards[shard].swept_at_ms.store(self.clock_ms(), Relaxed);
+    }
+
+    /// How long ago `s`'s sweep last ran (before the first one: since the metrics were made).
+    fn sweep_age(&self, s: &ShardMetrics) -> Duration {
+        Duration::from_millis(self.clock_ms().saturating_sub(s.swept_at_ms.load(Relaxed)))
+    }
+
+    /// The shard whose sweep has not run for the longest, with how long, if that is over
+    /// `limit`: a shard that is wedged (its thread blocked, or one task never yielding).
+    pub fn late_shard(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let (id, age) = self.shards.iter().map(|s| self.sweep_age(s)).enumerate().max_by_key(|(_, age)| *age)?;
+        (age > limit).then_some((id, age))
     }
 
     pub fn publish_error(&self, e: PublishError) {
@@ -190,6 +223,16 @@ impl Metrics {
         );
         let pending = self.ws_sockets.load(Relaxed).saturating_sub(self.open_connections.load(Relaxed));
         let _ = writeln!(o, "crier_handshakes_pending {pending}");
+        head(
+            &mut o,
+            "crier_shard_sweep_age_seconds",
+            "gauge",
+            "Time since the shard's sweep last ran; past the systemd watchdog interval, WATCHDOG=1 stops.",
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ =
+                writeln!(o, "crier_shard_sweep_age_seconds{{shard=\"{i}\"}} {:.3}", self.sweep_age(s).as_secs_f64());
+        }
         per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
             s.accepted.load(Relaxed)
         });
@@ -324,6 +367,29 @@ mod tests {
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("crier_delivery_latency_seconds_count 1"));
+        assert!(text.contains("crier_shard_sweep_age_seconds{shard=\"1\"} "));
+    }
+
+    #[test]
+    fn late_shard_is_the_one_whose_sweep_is_oldest() {
+        let m = Metrics::new(3);
+        for i in 0..3 {
+            m.swept(i);
+        }
+        assert_eq!(m.late_shard(Duration::from_secs(60)), None, "shards that just swept are not late");
+        // Let the clock pass 10 ms, so that an age can exceed 1 ms.
+        while m.clock_ms() < 10 {
+            std::thread::yield_now();
+        }
+        // Shard 2 last swept at the epoch; shard 1 later, shard 0 now.
+        m.shards[2].swept_at_ms.store(0, Relaxed);
+        m.shards[1].swept_at_ms.store(5, Relaxed);
+        let (id, age) = m.late_shard(Duration::from_millis(1)).expect("a late shard");
+        assert_eq!(id, 2, "the oldest sweep is reported");
+        assert!(age >= Duration::from_millis(10), "{age:?}");
+        m.swept(2);
+        m.swept(1);
+        assert_eq!(m.late_shard(Duration::from_secs(60)), None, "all swept again");
     }
 
     #[test]

@@ -2,9 +2,15 @@
 //!
 //! Written by hand because it is one datagram to the socket named by NOTIFY_SOCKET; the
 //! protocol is documented in sd_notify(3). Without NOTIFY_SOCKET every call is a no-op.
+//! WATCHDOG=1 is sent only while every shard's sweep keeps running ([`watchdog`]), so a
+//! wedged shard gets the process restarted rather than kept alive by a healthy thread.
 
 use std::ffi::OsString;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::ops::metrics::Metrics;
 
 /// A handle to systemd's notification socket, if crier was started with one.
 #[derive(Debug, Clone, Default)]
@@ -37,5 +43,36 @@ impl Notifier {
         if let Err(e) = result {
             tracing::warn!("sd_notify {state:?} to {path:?}: {e}");
         }
+    }
+}
+
+/// The watchdog thread's loop: every half `interval` (as sd_watchdog_enabled(3) advises),
+/// sends WATCHDOG=1 if every shard's sweep has run within the last `interval`. A shard that
+/// has not (its thread blocked, or a task that never yields) gets no ping sent for it, so
+/// systemd restarts crier at most two intervals after the shard stopped; the first skipped
+/// ping logs a warning naming the shard. This is sound because the sweep tick is at most a
+/// quarter of the interval (`Config::sweep_tick`). While draining, pings go on regardless:
+/// shards stop sweeping as they finish, and the main thread bounds the drain itself.
+pub fn watchdog(notifier: &Notifier, metrics: &Metrics, interval: Duration) {
+    let mut warned = false;
+    loop {
+        let late = if metrics.draining.load(Relaxed) { None } else { metrics.late_shard(interval) };
+        match late {
+            None => {
+                if std::mem::take(&mut warned) {
+                    tracing::info!("every shard sweeps again: sending WATCHDOG=1 again");
+                }
+                notifier.notify("WATCHDOG=1");
+            }
+            Some((shard, age)) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    shard,
+                    "shard {shard} is late: its sweep last ran {age:?} ago, over the watchdog interval {interval:?}; not sending WATCHDOG=1, so systemd will restart crier"
+                );
+            }
+            Some(_) => {}
+        }
+        std::thread::sleep(interval / 2);
     }
 }

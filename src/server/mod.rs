@@ -118,13 +118,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     );
     notifier.notify("READY=1");
     if let Some(interval) = cfg.watchdog.filter(|_| notifier.enabled()) {
-        let n = notifier.clone();
-        let _ = std::thread::Builder::new().name("crier-watchdog".into()).spawn(move || {
-            loop {
-                n.notify("WATCHDOG=1");
-                std::thread::sleep(interval / 2);
-            }
-        });
+        let (n, metrics) = (notifier.clone(), metrics.clone());
+        let _ = std::thread::Builder::new()
+            .name("crier-watchdog".into())
+            .spawn(move || crate::ops::notify::watchdog(&n, &metrics, interval));
     }
 
     let signal = wait_for_signal(signals);

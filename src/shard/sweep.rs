@@ -3,7 +3,9 @@
 //! returns freed memory. One sweep per shard replaces a timer per connection.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+#[cfg(debug_assertions)]
+use std::time::Duration;
+use std::time::Instant;
 
 use super::conn::State;
 use super::{CLOSE_GRACE_MS, Shard};
@@ -14,6 +16,7 @@ impl Shard {
     /// Pings quiet connections, closes idle ones and stragglers, publishes the latency
     /// histogram. Runs once per tick for the whole shard.
     pub(super) fn sweep(&self) {
+        self.metrics.swept(self.id); // read by the watchdog thread (`ops::notify::watchdog`)
         let now = self.now_ms();
         let ping_ms = self.cfg.ping_interval.as_millis() as u64;
         let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
@@ -58,8 +61,9 @@ impl Shard {
 }
 
 pub(super) async fn sweep_loop(shard: Rc<Shard>) {
-    let base = shard.cfg.ping_interval.min(shard.cfg.idle_timeout) / 4;
-    let tick = base.clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tick = shard.cfg.sweep_tick();
+    #[cfg(debug_assertions)]
+    wedge_for_tests(&shard);
     loop {
         monoio::time::sleep(tick).await;
         if shard.stopped.get() {
@@ -67,4 +71,19 @@ pub(super) async fn sweep_loop(shard: Rc<Shard>) {
         }
         shard.sweep();
     }
+}
+
+/// Test only (debug builds): `--debug-wedge-shard N@DURATION` blocks shard N's thread for
+/// good DURATION after start, with a task that sleeps the thread rather than awaiting, as a
+/// wedged shard would. tests/watchdog.rs checks that WATCHDOG=1 then stops.
+#[cfg(debug_assertions)]
+fn wedge_for_tests(shard: &Shard) {
+    let Some(w) = shard.cfg.debug_wedge_shard.filter(|w| w.shard == shard.id) else { return };
+    monoio::spawn(async move {
+        monoio::time::sleep(w.after).await;
+        tracing::warn!(shard = w.shard, "--debug-wedge-shard: blocking this shard's thread for good");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    });
 }
