@@ -1,4 +1,5 @@
-//! The repository's scripts: `.ci/run` passes shellcheck, the Python interop script compiles.
+//! The repository's scripts: `.ci/run` and `scripts/test.sh` (the README's test command) pass
+//! shellcheck, and the Python interop script compiles.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,28 +9,33 @@ fn root() -> &'static Path {
 }
 
 #[test]
-fn ci_run_passes_shellcheck() {
-    let out = match Command::new("shellcheck").arg(root().join(".ci/run")).output() {
-        Ok(o) => o,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("shellcheck not installed ({e}); skipped outside CI (.ci/run installs it)");
-            return;
-        }
-        Err(e) => panic!("shellcheck is missing in CI: {e}"),
-    };
-    assert!(out.status.success(), "shellcheck .ci/run:\n{}", String::from_utf8_lossy(&out.stdout));
+fn ci_run_and_test_script_pass_shellcheck() {
+    for script in [".ci/run", "scripts/test.sh"] {
+        let out = Command::new("shellcheck").arg(root().join(script)).output().unwrap_or_else(|e| {
+            panic!("shellcheck is not installed ({e}): apt-get install -y shellcheck (scripts/test.sh installs it)")
+        });
+        assert!(out.status.success(), "shellcheck {script}:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
 }
 
 #[test]
-fn ci_run_is_executable_bash() {
+fn ci_run_is_the_readme_test_command() {
     use std::os::unix::fs::PermissionsExt;
-    let p = root().join(".ci/run");
-    let text = std::fs::read_to_string(&p).unwrap();
-    assert!(text.starts_with("#!/usr/bin/env bash\n") || text.starts_with("#!/bin/bash\n"));
-    assert!(text.contains("set -euo pipefail"));
-    assert!(text.contains("cargo test --workspace"), "must run the README's test command");
-    let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-    assert!(mode & 0o111 != 0, ".ci/run is not executable");
+    for script in [".ci/run", "scripts/test.sh"] {
+        let p = root().join(script);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("#!/usr/bin/env bash\n") || text.starts_with("#!/bin/bash\n"), "{script}");
+        assert!(text.contains("set -euo pipefail"), "{script}");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{script} is not executable");
+    }
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(ci.contains("exec bash scripts/test.sh"), ".ci/run must run exactly the README's test command");
+    let test = std::fs::read_to_string(root().join("scripts/test.sh")).unwrap();
+    assert!(test.contains("cargo test --workspace"), "scripts/test.sh must end in the whole suite");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let quick = &readme[readme.find("## Quickstart").unwrap()..readme.find("## Subscribers").unwrap()];
+    assert!(quick.contains("\nscripts/test.sh\n"), "the quickstart's test command is scripts/test.sh");
 }
 
 #[test]
