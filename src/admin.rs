@@ -60,6 +60,11 @@ fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'stat
         (Some("GET"), "/healthz") if metrics.draining.load(Relaxed) => {
             ("503 Service Unavailable", "text/plain", "draining\n".into())
         }
+        // Cluster mode: without Redis this node can neither accept publishes nor receive
+        // any, so it is not ready (its subscribers stay connected).
+        (Some("GET"), "/healthz") if metrics.redis.enabled.load(Relaxed) && !metrics.redis.up.load(Relaxed) => {
+            ("503 Service Unavailable", "text/plain", "redis unavailable\n".into())
+        }
         (Some("GET"), "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
         (Some("GET"), _) => ("404 Not Found", "text/plain", "not found: try /metrics or /healthz\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "use GET\n".into()),

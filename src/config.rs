@@ -203,6 +203,23 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides it).
     #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: String,
+
+    // ---- cluster mode (src/cluster/); without --redis none of these is used ----
+    /// Cluster mode: join the other crier nodes through this Redis
+    /// (`redis://[user:pass@]host:port[/db]`). Publishes are numbered by Redis and reach
+    /// every node. [default: off, a single box]
+    #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Namespace of crier's keys and pub/sub channels in Redis, so several crier clusters
+    /// can share one Redis.
+    #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// How long Redis keeps a quiet channel's epoch and sequence number (refreshed by every
+    /// publish). Past it the channel starts a new epoch and resuming clients get `reset`.
+    #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub redis_meta_ttl: Duration,
 }
 
 /// Arguments of `crier publish`.
@@ -256,6 +273,8 @@ pub struct Config {
     pub notify_socket: Option<OsString>,
     /// systemd watchdog interval (WATCHDOG_USEC), if set.
     pub watchdog: Option<Duration>,
+    /// Cluster mode (`--redis`); `None` is the single box.
+    pub redis: Option<crate::cluster::RedisConfig>,
 }
 
 /// A setting that could not be used; the message names the setting and the fix.
@@ -396,6 +415,20 @@ impl ServeArgs {
         if socket_send_buffer.is_some_and(|b| b < 1024) {
             return err("--socket-send-buffer must be at least 1KiB".into());
         }
+        // Cluster mode: the URL and prefix are checked here so a typo stops start-up.
+        let redis = match &self.redis {
+            None => None,
+            Some(url) => Some(
+                crate::cluster::RedisConfig::new(
+                    url,
+                    &self.redis_prefix,
+                    self.history_messages,
+                    self.history_ttl,
+                    self.redis_meta_ttl,
+                )
+                .map_err(ConfigError)?,
+            ),
+        };
         let log_filter =
             std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| self.log_level.clone());
         let watchdog = std::env::var("WATCHDOG_USEC")
@@ -430,6 +463,7 @@ impl ServeArgs {
             log_filter,
             notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog,
+            redis,
         })
     }
 }

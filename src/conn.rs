@@ -194,7 +194,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream) {
         writer_active: Cell::new(false),
         dirty: Cell::new(false),
     });
-    shard.register(&conn, upgrade);
+    shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
     if !leftover.is_empty() {
         // The client sent frames right behind its request head.
         let mut leftover = leftover;

@@ -214,6 +214,7 @@ mod tests {
         Arc::new(Broadcast {
             channel: ChannelName::parse(channel).unwrap(),
             seq: 1,
+            epoch: 1,
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"hello", false),
             deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),

@@ -5,6 +5,10 @@
 //! connection negotiated permessage-deflate and only if it shrinks), wraps the result in an
 //! `Arc<Broadcast>` and hands that one value to every shard's queue. It never touches a
 //! socket and never copies a payload per shard or per connection.
+//!
+//! In cluster mode (`--redis`) the hub numbers nothing: Redis does, and the cluster thread
+//! hands the hub each message with its seq and epoch ([`Hub::deliver`]); from there the
+//! path is the same.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +25,8 @@ use crate::metrics::Metrics;
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.
+/// Single box only: in cluster mode each channel's epoch comes from Redis
+/// ([`Broadcast::epoch`]).
 pub fn epoch() -> u64 {
     static EPOCH: OnceLock<u64> = OnceLock::new();
     *EPOCH.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64))
@@ -31,6 +37,9 @@ pub fn epoch() -> u64 {
 pub struct Broadcast {
     pub channel: ChannelName,
     pub seq: u64,
+    /// The epoch `seq` belongs to: [`epoch()`] on a single box, the channel's Redis epoch
+    /// in cluster mode.
+    pub epoch: u64,
     pub kind: MessageKind,
     /// The complete frame for connections without compression.
     pub plain: Frame,
@@ -65,7 +74,7 @@ impl Broadcast {
     pub fn envelope(&self, metrics: &Metrics) -> &Enveloped {
         self.enveloped.get_or_init(|| {
             let payload = self.payload();
-            let mut body = format!("m {} {} {}\n", self.channel, self.seq, epoch()).into_bytes();
+            let mut body = format!("m {} {} {}\n", self.channel, self.seq, self.epoch).into_bytes();
             body.extend_from_slice(&payload);
             metrics.frames_encoded.fetch_add(1, Relaxed);
             let deflated = (metrics.deflate_connections.load(Relaxed) > 0).then(|| {
@@ -114,29 +123,46 @@ impl Hub {
                 1
             }
         };
-        let broadcast = Arc::new(self.encode(channel, seq, kind, payload, published_at));
+        // Counted here, not in deliver: in cluster mode a node counts the publishes it
+        // answered +OK (in cluster::splice_replies), not every message Redis sends it.
+        self.metrics.messages_published.fetch_add(1, Relaxed);
+        self.deliver(channel, seq, epoch(), kind, payload, published_at);
+        seq
+    }
+
+    /// Encodes and fans out a message that already has its seq and epoch: every publish on
+    /// a single box, and in cluster mode every message the cluster thread received from
+    /// Redis (already in seq order per channel).
+    pub fn deliver(
+        &mut self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        published_at: Instant,
+    ) {
+        let broadcast = Arc::new(self.encode(channel, seq, epoch, kind, payload, published_at));
         if self.metrics.envelope_connections.load(Relaxed) > 0 {
             broadcast.envelope(&self.metrics);
         }
-        self.metrics.messages_published.fetch_add(1, Relaxed);
         for shard in &self.shards {
             // A shard that has exited (only during shutdown) just misses the message.
             let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
         }
-        seq
     }
 
     /// Encodes once and compresses at most once.
-    fn encode(&mut self, channel: ChannelName, seq: u64, kind: MessageKind, payload: &[u8], at: Instant) -> Broadcast {
-        let plain = frame::encode_data(kind, payload, false);
-        self.metrics.frames_encoded.fetch_add(1, Relaxed);
-        let deflated = if self.metrics.deflate_connections.load(Relaxed) > 0 {
-            self.metrics.compressions.fetch_add(1, Relaxed);
-            self.compressor.compress(payload).map(|z| frame::encode_data(kind, &z, true))
-        } else {
-            None
-        };
-        Broadcast { channel, seq, kind, plain, deflated, enveloped: OnceLock::new(), published_at: at }
+    fn encode(
+        &mut self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        at: Instant,
+    ) -> Broadcast {
+        build(&mut self.compressor, &self.metrics, channel, seq, epoch, kind, payload, at)
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].
@@ -150,6 +176,46 @@ impl Hub {
             let _ = shard.send(ShardMsg::Drain);
         }
     }
+}
+
+/// Builds a broadcast: the frame encoded once, compressed at most once (only if some
+/// connection negotiated permessage-deflate). The hub uses it for every live message; in
+/// cluster mode a shard also uses it (with its own compressor) for messages a resume had
+/// to read back from Redis, which this node never saw live.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    compressor: &mut Compressor,
+    metrics: &Metrics,
+    channel: ChannelName,
+    seq: u64,
+    epoch: u64,
+    kind: MessageKind,
+    payload: &[u8],
+    at: Instant,
+) -> Broadcast {
+    let plain = frame::encode_data(kind, payload, false);
+    metrics.frames_encoded.fetch_add(1, Relaxed);
+    let deflated = if metrics.deflate_connections.load(Relaxed) > 0 {
+        metrics.compressions.fetch_add(1, Relaxed);
+        compressor.compress(payload).map(|z| frame::encode_data(kind, &z, true))
+    } else {
+        None
+    };
+    Broadcast { channel, seq, epoch, kind, plain, deflated, enveloped: OnceLock::new(), published_at: at }
+}
+
+/// [`build`] with this thread's compressor (for a shard's replay from Redis).
+#[allow(clippy::too_many_arguments)]
+pub fn build_here(
+    metrics: &Metrics,
+    channel: ChannelName,
+    seq: u64,
+    epoch: u64,
+    kind: MessageKind,
+    payload: &[u8],
+    at: Instant,
+) -> Broadcast {
+    COMPRESSOR.with(|c| build(&mut c.borrow_mut(), metrics, channel, seq, epoch, kind, payload, at))
 }
 
 /// The payload bytes of a frame (for tests and benches).

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod channel;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod deflate;

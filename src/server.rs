@@ -88,6 +88,12 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         tracing::warn!("io_uring is not available ({why}); falling back to epoll");
     }
 
+    // Cluster mode: the Redis thread starts before the control thread that feeds on it.
+    if let Some(redis) = &cfg.redis {
+        crate::cluster::start(redis.clone(), metrics.clone())?;
+        tracing::info!("cluster mode: redis {} prefix {}", redis.shown_url(), redis.prefix);
+    }
+
     // The control thread: hub, publishers, admin.
     let (control_tx, control_rx) = flume::unbounded::<()>();
     let (cready_tx, cready_rx) = mpsc::channel::<Result<(), String>>();
@@ -212,6 +218,7 @@ fn control_thread(
             metrics: metrics.clone(),
         });
         monoio::spawn(publish::accept_loop(publisher, ingress.clone()));
+        crate::cluster::spawn_delivery_task(ingress.clone()); // no-op without --redis
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));
         }

@@ -175,9 +175,14 @@ impl Shard {
     /// Adds an upgraded connection to the tables, after queueing what it asked to have
     /// replayed. Both happen here, on the shard's thread between two broadcasts, so the
     /// replay and the live stream meet without a hole or a duplicate.
-    pub fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
+    ///
+    /// Cluster mode: a resume that this shard's history cannot satisfy first reads the
+    /// channel's Redis stream (the only await here; the connection is not in the tables
+    /// yet, so nothing is delivered to it meanwhile).
+    pub async fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
         let channels = std::mem::take(&mut upgrade.channels);
-        self.replay(conn, &channels, &upgrade);
+        let remote = self.fetch_for_resume(&channels, &upgrade).await;
+        self.replay(conn, &channels, &upgrade, remote);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
         *conn.membership.borrow_mut() = membership;
         let stats = self.stats();
@@ -191,8 +196,49 @@ impl Shard {
         }
     }
 
+    /// Cluster mode only: for each channel of a `since=` resume that local history cannot
+    /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
+    async fn fetch_for_resume(
+        &self,
+        channels: &[ChannelName],
+        upgrade: &Upgrade,
+    ) -> Vec<Option<crate::cluster::Fetched>> {
+        let (Some(cluster), Some(since)) = (crate::cluster::get(), &upgrade.since) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(channels.len());
+        for (i, ch) in channels.iter().enumerate() {
+            self.apply_pending();
+            let (local_epoch, has_notice) = {
+                let h = self.history.borrow();
+                let local = h.epoch_of(ch);
+                let request = Request::Since { seq: since.seqs[i], same_epoch: local == Some(since.epoch) };
+                (local, h.plan(ch, request, Instant::now()).notice.is_some())
+            };
+            if !crate::cluster::resume::needs_fetch(local_epoch, has_notice, since.epoch) {
+                out.push(None);
+                continue;
+            }
+            let mut fetched = cluster.fetch(ch.clone(), since.seqs[i]).await;
+            if let Some(f) = &fetched
+                && f.epoch.is_some_and(|e| e != since.epoch)
+            {
+                // Another epoch: the client gets a reset and everything held, from seq 1.
+                fetched = cluster.fetch(ch.clone(), 0).await;
+            }
+            out.push(fetched);
+        }
+        out
+    }
+
     /// Queues notices and history for `since=` / `last=`.
-    fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade) {
+    fn replay(
+        &self,
+        conn: &Rc<Conn>,
+        channels: &[ChannelName],
+        upgrade: &Upgrade,
+        mut remote: Vec<Option<crate::cluster::Fetched>>,
+    ) {
         if upgrade.since.is_none() && upgrade.last == 0 {
             return;
         }
@@ -201,16 +247,35 @@ impl Shard {
         let history = self.history.borrow();
         let mut out = conn.out.borrow_mut();
         let mut replayed = 0u64;
+        let cluster = crate::cluster::get().is_some();
         for (i, ch) in channels.iter().enumerate() {
+            // The epoch a client's seqs are compared with: the process's on a single box,
+            // the channel's (from Redis, as last seen here) in cluster mode.
+            let epoch = if cluster { history.epoch_of(ch).unwrap_or(0) } else { hub::epoch() };
             let request = match &upgrade.since {
-                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epoch == hub::epoch() },
+                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epoch == epoch },
                 None => Request::Last(upgrade.last),
             };
-            let plan = history.plan(ch, request, now);
+            let fetched = remote.get_mut(i).and_then(Option::take);
+            let from_redis = match (fetched, &upgrade.since) {
+                (Some(f), Some(s)) => crate::cluster::resume::plan(
+                    ch,
+                    s.seqs[i],
+                    s.epoch,
+                    f,
+                    history.held_after(ch, 0, now),
+                    &self.metrics,
+                ),
+                _ => None,
+            };
+            let (plan, epoch) = match from_redis {
+                Some(r) => (history::Plan { notice: r.notice, replay: r.replay, skip_until: r.skip_until }, r.epoch),
+                None => (history.plan(ch, request, now), epoch),
+            };
             if let Some(notice) = plan.notice {
                 let (text, slot) = match notice {
-                    Notice::Gap { from, to } => (format!("gap {ch} {from} {to} {}\n", hub::epoch()), 0),
-                    Notice::Reset => (format!("reset {ch} {}\n", hub::epoch()), 1),
+                    Notice::Gap { from, to } => (format!("gap {ch} {from} {to} {epoch}\n"), 0),
+                    Notice::Reset => (format!("reset {ch} {epoch}\n"), 1),
                 };
                 self.metrics.resumes_unsatisfied[slot].fetch_add(1, Relaxed);
                 if conn.envelope {

@@ -95,6 +95,10 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut len = 0;
     let mut replies = Vec::with_capacity(1024);
+    // Cluster mode: Redis numbers each publish; its answers are spliced into `replies` in
+    // command order (offset in `replies`, pending answer).
+    let cluster = crate::cluster::get();
+    let mut awaiting = Vec::new();
     loop {
         let mut pos = 0;
         let mut close = false;
@@ -107,6 +111,12 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
                         replies.extend_from_slice(b"-ERR server shutting down\r\n");
                         close = true;
                         break;
+                    }
+                    if let Some(cluster) = cluster {
+                        // Sent now, answered later: every publish of this read is in flight
+                        // at once (pipelined), and nothing is numbered here.
+                        awaiting.push((replies.len(), cluster.publish(channel, kind, payload)));
+                        continue;
                     }
                     let seq = ingress.hub.borrow_mut().publish(channel, kind, payload);
                     replies.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
@@ -125,6 +135,9 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         }
         buf.copy_within(pos..len, 0);
         len -= pos;
+        if !awaiting.is_empty() {
+            crate::cluster::splice_replies(&mut replies, &mut awaiting, &ingress.metrics).await;
+        }
         if !replies.is_empty() {
             send_all(stream, &replies).await?;
             replies.clear();
