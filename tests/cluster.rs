@@ -405,6 +405,49 @@ fn single_box_is_unchanged() {
     assert_eq!(s.publish("x", "1"), 1);
 }
 
+/// The README's contract of the publish script, followed by a plain Redis client
+/// (redis-cli), publishes to every node: one call may carry several messages.
+#[test]
+fn any_redis_client_can_publish_with_the_script() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let mut sub = env_ws(&a, "/ws?channels=ext,bin");
+    wait_conns(&a, 1);
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cluster/publish.lua")).unwrap();
+    let sha = redis.cli(&["script", "load", &script]).trim().to_string();
+    assert_eq!(sha.len(), 40, "{sha}");
+    let reply = redis.cli(&[
+        "evalsha",
+        &sha,
+        "4",
+        "{crier:ext}:m",
+        "{crier:ext}:s",
+        "{crier:bin}:m",
+        "{crier:bin}:s",
+        "64",
+        "300000",
+        "86400000",
+        "publish",
+        "{crier:ext}",
+        "t",
+        "from redis-cli",
+        "{crier:bin}",
+        "b",
+        "raw",
+    ]);
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(lines.len(), 4, "epoch, seq per message: {reply:?}");
+    assert_eq!((lines[1], lines[3]), ("1", "1"));
+    let e = next_env(&mut sub);
+    assert_eq!((e.channel.as_str(), e.seq, e.payload.as_str()), ("ext", 1, "from redis-cli"));
+    assert_eq!(e.epoch.to_string(), lines[0]);
+    let m = sub.expect_msg();
+    assert!(m.is_binary(), "kind b is a binary frame");
+    assert!(m.data.ends_with(b"\nraw"));
+    // A node's own publish continues the same sequence.
+    assert_eq!(a.publisher().publish("ext", b"next", false), 2);
+}
+
 /// Every cluster metric of the README table is served by a cluster node, with the values
 /// a fresh node must have.
 #[test]
