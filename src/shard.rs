@@ -212,16 +212,16 @@ impl Shard {
             let (local_epoch, has_notice) = {
                 let h = self.history.borrow();
                 let local = h.epoch_of(ch);
-                let request = Request::Since { seq: since.seqs[i], same_epoch: local == Some(since.epoch) };
+                let request = Request::Since { seq: since.seqs[i], same_epoch: local == Some(since.epochs[i]) };
                 (local, h.plan(ch, request, Instant::now()).notice.is_some())
             };
-            if !crate::cluster::resume::needs_fetch(local_epoch, has_notice, since.epoch) {
+            if !crate::cluster::resume::needs_fetch(local_epoch, has_notice, since.epochs[i]) {
                 out.push(None);
                 continue;
             }
             let mut fetched = cluster.fetch(ch.clone(), since.seqs[i]).await;
             if let Some(f) = &fetched
-                && f.epoch.is_some_and(|e| e != since.epoch)
+                && f.epoch.is_some_and(|e| e != since.epochs[i])
             {
                 // Another epoch: the client gets a reset and everything held, from seq 1.
                 fetched = cluster.fetch(ch.clone(), 0).await;
@@ -253,7 +253,7 @@ impl Shard {
             // the channel's (from Redis, as last seen here) in cluster mode.
             let epoch = if cluster { history.epoch_of(ch).unwrap_or(0) } else { hub::epoch() };
             let request = match &upgrade.since {
-                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epoch == epoch },
+                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epochs[i] == epoch },
                 None => Request::Last(upgrade.last),
             };
             let fetched = remote.get_mut(i).and_then(Option::take);
@@ -261,7 +261,7 @@ impl Shard {
                 (Some(f), Some(s)) => crate::cluster::resume::plan(
                     ch,
                     s.seqs[i],
-                    s.epoch,
+                    s.epochs[i],
                     f,
                     history.held_after(ch, 0, now),
                     &self.metrics,

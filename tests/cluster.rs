@@ -283,6 +283,29 @@ fn resume_on_another_node() {
     assert_eq!(next_env(&mut r).seq, 1, "then everything held");
 }
 
+/// Each channel has its own epoch in cluster mode: a client of two channels resumes both
+/// on another node with one `<epoch>:<seq>` item per channel.
+#[test]
+fn resume_two_channels_with_their_own_epochs() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let mut sa = env_ws(&a, "/ws?channels=x,y");
+    wait_conns(&a, 1);
+    let mut p = a.publisher();
+    p.publish("x", b"x1", false);
+    p.publish("y", b"y1", false);
+    let (ex, ey) = (next_env(&mut sa), next_env(&mut sa));
+    assert_ne!(ex.epoch, ey.epoch, "epochs are per channel");
+    p.publish("x", b"x2", false);
+    p.publish("y", b"y2", false);
+    let b = node(&redis);
+    let mut r = env_ws(&b, &format!("/ws?channels=x,y&since={}:1,{}:1", ex.epoch, ey.epoch));
+    let got: Vec<String> = (0..2).map(|_| next_env(&mut r).payload).collect();
+    assert_eq!(got, vec!["x2", "y2"], "exactly what was missed on each, no reset");
+    assert!(drain_text(&mut r, Duration::from_millis(300)).is_empty());
+    assert_eq!(b.metric0("crier_resumes_unsatisfied_total", &[("reason", "reset")]), 0.0);
+}
+
 /// Redis is killed mid-stream and started again empty: publishes during the outage are
 /// refused (never numbered locally), subscribers stay connected, /healthz says so, and
 /// every +OK'd publish reaches every subscriber once, in order.
