@@ -239,6 +239,22 @@ pub struct PublishArgs {
     pub lines: bool,
     /// The message; `-` or nothing reads it from stdin.
     pub message: Option<String>,
+    /// Publish straight through this Redis (cluster mode) instead of a local crier's
+    /// socket; the nodes of that cluster deliver it.
+    #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// With --redis: the cluster's --redis-prefix.
+    #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
+    pub redis_prefix: String,
+    /// With --redis: the nodes' --history-messages (length of each channel's stream).
+    #[arg(long, env = "CRIER_HISTORY_MESSAGES", default_value = "64", value_name = "N")]
+    pub history_messages: usize,
+    /// With --redis: the nodes' --history-ttl.
+    #[arg(long, env = "CRIER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub history_ttl: Duration,
+    /// With --redis: the nodes' --redis-meta-ttl.
+    #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub redis_meta_ttl: Duration,
 }
 
 /// The validated server configuration.

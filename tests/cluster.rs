@@ -471,6 +471,37 @@ fn any_redis_client_can_publish_with_the_script() {
     assert_eq!(a.publisher().publish("ext", b"next", false), 2);
 }
 
+/// `crier publish --redis` publishes through Redis from a box without crier: the nodes
+/// deliver it, seqs continue the channel's sequence, --lines batches many in order.
+#[test]
+fn crier_publish_straight_through_redis() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let mut sub = env_ws(&a, "/ws?channels=cli");
+    wait_conns(&a, 1);
+    let url = redis.url();
+    let out = run_crier(&["publish", "--redis", &url, "--channel", "cli", "one"], None, &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "1");
+    let lines: String = (2..=301).map(|i| format!("line {i}\n")).collect();
+    let out = run_crier(&["publish", "--redis", &url, "--channel", "cli", "--lines"], Some(lines.as_bytes()), &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let seqs: Vec<u64> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(seqs, (2..=301).collect::<Vec<_>>());
+    assert_eq!(next_env(&mut sub).payload, "one");
+    for i in 2..=301 {
+        let e = next_env(&mut sub);
+        assert_eq!((e.seq, e.payload), (i, format!("line {i}")));
+    }
+    let out = run_crier(&["publish", "--redis", &url, "--channel", "bad/name", "x"], None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("bad channel name"), "{}", out.stderr);
+    let gone = format!("redis://127.0.0.1:{}/", free_port());
+    let out = run_crier(&["publish", "--redis", &gone, "--channel", "cli", "x"], None, &[]);
+    assert_eq!(out.status.code(), Some(2), "unreachable Redis: {}", out.stderr);
+    assert!(out.stderr.contains("cannot reach Redis"), "{}", out.stderr);
+}
+
 /// Every cluster metric of the README table is served by a cluster node, with the values
 /// a fresh node must have.
 #[test]

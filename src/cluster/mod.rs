@@ -16,6 +16,7 @@
 //! What this module must never do: number a message itself, or deliver a channel's
 //! messages out of seq order.
 
+pub mod publish_client;
 pub mod redis_thread;
 pub mod resume;
 pub mod script;

@@ -11,6 +11,10 @@ use crate::frame::MessageKind;
 /// Runs `crier publish`. Prints each sequence number; exits 1 with the server's reason on a
 /// refusal, 2 when the server cannot be reached or the input cannot be read.
 pub fn run(args: &PublishArgs) -> ExitCode {
+    if args.redis.is_some() {
+        // `--redis`: straight through Redis, no local crier needed (src/cluster/).
+        return crate::cluster::publish_client::run(args);
+    }
     let path = args.publish_socket.clone().unwrap_or_else(default_publish_socket);
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
