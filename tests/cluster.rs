@@ -534,3 +534,143 @@ fn bad_cluster_settings_stop_start_up() {
         assert!(e.stderr.contains(needle), "{args:?}: {}", e.stderr);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// NGINX (least_conn, deploy/nginx/crier.conf) in front of three nodes.
+// ---------------------------------------------------------------------------------------
+
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The shipped sample's upstream and `location /ws`, on plain HTTP on loopback, with the
+/// upstream servers replaced by `nodes`.
+fn nginx_in_front_of(nodes: &[&Server]) -> Nginx {
+    need("nginx");
+    let dir = TempDir::new();
+    let d = dir.path().to_path_buf();
+    let port = free_port();
+    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/crier.conf")).unwrap();
+    // Drop the port-80 redirect block; keep the rest line by line.
+    let redirect_start = sample.find("server {\n    listen 80;").expect("the sample's redirect block");
+    let redirect_end = redirect_start + sample[redirect_start..].find("}\n").unwrap() + 2;
+    let sample = format!("{}{}", &sample[..redirect_start], &sample[redirect_end..]);
+    let mut site = String::new();
+    let mut upstream_done = false;
+    for line in sample.lines() {
+        let t = line.trim();
+        if t.starts_with("server 10.") {
+            if !upstream_done {
+                for n in nodes {
+                    site.push_str(&format!("    server {} max_fails=3 fail_timeout=10s;\n", n.ws));
+                }
+                upstream_done = true;
+            }
+            continue;
+        }
+        if t.starts_with("ssl_") || t.starts_with("listen [::]") {
+            continue;
+        }
+        site.push_str(&line.replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port};")));
+        site.push('\n');
+    }
+    assert!(site.contains("least_conn;"), "the sample balances with least_conn");
+    std::fs::write(d.join("site.conf"), site).unwrap();
+    let main = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
+         uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n include {d}/site.conf;\n}}\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("nginx.conf"), main).unwrap();
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&d)
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(Duration::from_secs(10), "nginx listening", || std::net::TcpStream::connect(addr).is_ok());
+    Nginx { child, port, _dir: dir }
+}
+
+/// Clients connected through NGINX receive every message whichever node it was published
+/// on; `kill -9` of one node: its clients come back through NGINX to the others, resume
+/// with since=, and nothing is lost or duplicated.
+#[test]
+fn nginx_three_nodes_kill_one_nothing_lost() {
+    let redis = Redis::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let nginx = nginx_in_front_of(&[&nodes[0], &nodes[1], &nodes[2]]);
+    let lb: std::net::SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    const CLIENTS: usize = 9;
+    const N: u64 = 300;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut epoch, mut last) = (0u64, 0u64);
+                let mut got = Vec::new();
+                let mut reconnects = 0;
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while last < N && std::time::Instant::now() < deadline {
+                    let target = if epoch == 0 {
+                        "/ws?channels=lb".to_string()
+                    } else {
+                        format!("/ws?channels=lb&since={epoch}:{last}")
+                    };
+                    let Ok(mut c) = WsClient::connect_with(lb, &target, &[PROTOCOL]) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    reconnects += 1;
+                    while let Ok(m) = c.recv(Duration::from_secs(5)) {
+                        let e = parse_env(&m).unwrap_or_else(|h| panic!("expected only messages, got {h:?}"));
+                        assert_eq!(e.seq, last + 1, "in order, nothing lost or twice");
+                        (epoch, last) = (e.epoch, e.seq);
+                        got.push(e.payload);
+                        if last == N {
+                            break;
+                        }
+                    }
+                }
+                (got, reconnects)
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "every client connected", || {
+        nodes.iter().map(connections).sum::<f64>() >= CLIENTS as f64
+    });
+    let per_node: Vec<f64> = nodes.iter().map(connections).collect();
+    assert!(per_node.iter().all(|&n| n >= 1.0), "least_conn spreads clients over the nodes: {per_node:?}");
+    let (mut p0, mut p1) = (nodes[0].publisher(), nodes[1].publisher());
+    for i in 1..=N {
+        let p = if i % 2 == 0 { &mut p0 } else { &mut p1 };
+        assert_eq!(p.publish("lb", format!("{i}").as_bytes(), false), i);
+        if i == N / 3 {
+            nodes[2].signal(libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut came_back = 0;
+    for c in clients {
+        let (got, connects) = c.join().unwrap();
+        assert_eq!(got, (1..=N).map(|i| i.to_string()).collect::<Vec<_>>(), "every message once, in order");
+        if connects > 1 {
+            came_back += 1;
+        }
+    }
+    assert!(came_back as f64 >= per_node[2], "the killed node's clients reconnected ({came_back})");
+}
