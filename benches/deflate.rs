@@ -1,7 +1,7 @@
 //! The compress-once cost by payload size: what the hub pays per broadcast when any
 //! subscriber negotiated permessage-deflate (paid once, whatever the subscriber count).
 
-use crier::deflate::{Compressor, Inflater};
+use crier::ws::deflate::{Compressor, Inflater};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 

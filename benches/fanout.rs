@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crier::channel::ChannelName;
-use crier::fanout::{ShardFrames, Subscriber, Subscribers};
-use crier::frame::{MessageKind, encode_data};
 use crier::hub::Broadcast;
-use crier::outbound::OutboundQueue;
+use crier::shard::fanout::{ShardEncoder, ShardFrames, Subscriber, Subscribers};
+use crier::shard::outbound::OutboundQueue;
+use crier::ws::frame::{MessageKind, encode_data};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 #[derive(Default)]
@@ -35,7 +35,7 @@ impl Subscriber for Conn {
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_one_message");
-    let metrics = std::sync::Arc::new(crier::metrics::Metrics::new(1));
+    let encoder = ShardEncoder::new(std::sync::Arc::new(crier::ops::metrics::Metrics::new(1)));
     for (n, channel) in [(10_000usize, "*"), (10_000, "flights")] {
         let mut subs = Subscribers::default();
         let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();
@@ -51,20 +51,19 @@ fn fanout(c: &mut Criterion) {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, &[b'x'; 256], false),
             deflated: None,
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: Instant::now(),
         });
         let receivers = subs.subscribers_of(&b.channel) as u64;
         g.throughput(Throughput::Elements(receivers));
         g.bench_function(BenchmarkId::new(format!("{n}_conns"), channel), |bench| {
             let mut dirty = Vec::with_capacity(n);
-            let mut slow = Vec::new();
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let frames = ShardFrames::new(&b, &metrics);
-                    subs.deliver(&frames, 1 << 20, &mut dirty, &mut slow);
+                    let frames = ShardFrames::new(&b, &encoder);
+                    subs.deliver(&frames, &mut dirty);
                     total += start.elapsed();
                     // Untimed: what the flush would do, so queues don't grow between rounds.
                     for conn in dirty.drain(..) {

@@ -1,6 +1,7 @@
 //! Server frame encoding (once per broadcast) and client frame parsing, by payload size.
 
-use crier::frame::{FrameReader, MessageKind, ReaderLimits, apply_mask, encode_data};
+use crier::ws::frame::{MessageKind, encode_data};
+use crier::ws::reader::{FrameReader, ReaderLimits, apply_mask};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crier::outbound::{OutFrame, OutboundQueue, Written};
+use crier::shard::outbound::{OutFrame, OutboundQueue, Written};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hdrhistogram::Histogram;
 

@@ -1,8 +1,8 @@
 //! Publisher protocol parsing: one pipelined buffer of PUB commands, as a publisher script
 //! sends them.
 
-use crier::frame::MessageKind;
 use crier::publish::protocol::{Parsed, encode_pub, parse};
+use crier::ws::frame::MessageKind;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn pipelined(c: &mut Criterion) {

@@ -6,7 +6,7 @@
 #   loadtest/targets.sh throughput    10,000 connections (CONNECTIONS=N), 256 B at 100 msg/s: deliveries per server CPU-second
 #   loadtest/targets.sh latency       19,000 connections (CONNECTIONS=N to change), 1 KiB at 10 msg/s: latency, loss
 #   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
-#   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port, 2 msg/s
+#   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port (--listen-shared), 2 msg/s
 #   loadtest/targets.sh storm         19,000 connections drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
@@ -122,14 +122,15 @@ soak)
         --sample-interval 30s --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
     ;;
 multiproc)
-    # Six crier processes (each under the 20,000-file limit) share the port through
-    # SO_REUSEPORT; every message is published to each of them. Eight source addresses keep
+    # Six crier processes (each under the 20,000-file limit) share the port on purpose
+    # (--listen-shared; without it the second would refuse to start); every message is
+    # published to each of them. Eight source addresses keep
     # each under half of its ephemeral ports, past which the kernel's connect() port search
     # (not crier) becomes the bottleneck.
     sockets=()
     servers=()
     for i in 1 2 3 4 5 6; do
-        start_crier "c$i" --max-connections 19500
+        start_crier "c$i" --max-connections 19500 --listen-shared
         sockets+=(--publish-socket "$work/c$i.sock")
         servers+=(--server-pid "${pids[-1]}")
     done

@@ -29,7 +29,7 @@ pub enum Command {
     /// Publish a message to a channel through the server's Unix socket.
     Publish(PublishArgs),
     /// Preflight: can this machine hold N connections, and what to tune.
-    Check(crate::check::CheckArgs),
+    Check(crate::ops::check::CheckArgs),
 }
 
 /// Which io driver each shard's monoio runtime uses.
@@ -89,7 +89,7 @@ fn parse_admin(s: &str) -> Result<AdminListen, String> {
     }
     s.parse()
         .map(|a| AdminListen(Some(a)))
-        .map_err(|_| format!("'{s}' is not an address (e.g. 127.0.0.1:9100) or 'off'"))
+        .map_err(|_| format!("'{s}' is not an address (e.g. {DEFAULT_ADMIN_LISTEN}) or 'off'"))
 }
 
 fn parse_level(s: &str) -> Result<String, String> {
@@ -99,6 +99,17 @@ fn parse_level(s: &str) -> Result<String, String> {
     }
 }
 
+// Defaults that more than their own flag uses, defined once: `crier check` asks about the
+// same address, backlog and connection count as `crier serve` by default.
+/// Default of `--listen` (and of `crier check --listen`).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default of `--max-connections` (and of `crier check --connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default of `--admin-listen` (and the example in its error message).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+/// Default of `--backlog` (and of `crier check --backlog`).
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
 /// Settings of `crier serve`. Each one is also `CRIER_<NAME>` and a key of the `--config` file.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -106,9 +117,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT.
-    #[arg(long, env = "CRIER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    /// Address for WebSocket clients; every shard binds it with SO_REUSEPORT. crier refuses
+    /// to start when another process already listens on it.
+    #[arg(long, env = "CRIER_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Share --listen on purpose with other processes that also set this (e.g. several crier
+    /// processes, each under its own descriptor limit): the kernel splits clients between
+    /// them, so each must be sent every message.
+    #[arg(long, env = "CRIER_LISTEN_SHARED", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub listen_shared: bool,
 
     /// HTTP path that upgrades to WebSocket.
     #[arg(long, env = "CRIER_PATH", default_value = "/ws")]
@@ -122,8 +140,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_DRIVER", value_enum, default_value = "auto")]
     pub driver: DriverChoice,
 
-    /// Upgrades past this many open connections get 503.
-    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value = "100000", value_name = "N")]
+    /// Sockets on the WebSocket port (upgraded or still in the handshake) past this get 503.
+    /// Lowered at start to what RLIMIT_NOFILE holds after the reserve.
+    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
     /// Time a client has to send its complete upgrade request.
@@ -144,7 +163,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_FLUSH_DELAY", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub flush_delay: Duration,
 
-    /// Per-connection outbound backlog; a connection past it is closed with 1008.
+    /// Per-connection outbound backlog: a connection that, right after a write attempt, has
+    /// more than this left to take (pongs it asked for included) is closed with 1008.
     #[arg(long, env = "CRIER_MAX_QUEUE_BYTES", default_value = "1MiB", value_name = "SIZE")]
     pub max_queue_bytes: ByteSize,
 
@@ -176,16 +196,24 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub history_ttl: Duration,
 
-    /// Publisher Unix socket. [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock]
+    /// Publisher Unix socket. [default: publish.sock in a private directory (mode 0700, owned
+    /// by this user, checked): $XDG_RUNTIME_DIR/crier/, else $TMPDIR/crier-<uid>/ (TMPDIR
+    /// defaults to /tmp)]
     #[arg(long, env = "CRIER_PUBLISH_SOCKET", value_name = "PATH")]
     pub publish_socket: Option<PathBuf>,
+
+    /// Time a publisher has to finish a command it has started (the line and its payload);
+    /// past it the publisher gets -ERR and is disconnected. Idle publishers (between
+    /// commands) are never timed out.
+    #[arg(long, env = "CRIER_PUBLISH_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub publish_timeout: Duration,
 
     /// File mode of the publisher socket (octal); whoever may write it may publish.
     #[arg(long, env = "CRIER_PUBLISH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode, value_name = "MODE")]
     pub publish_socket_mode: u32,
 
     /// Admin HTTP address for /metrics and /healthz, or `off`.
-    #[arg(long, env = "CRIER_ADMIN_LISTEN", default_value = "127.0.0.1:9100", value_parser = parse_admin, value_name = "ADDR")]
+    #[arg(long, env = "CRIER_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN, value_parser = parse_admin, value_name = "ADDR")]
     pub admin_listen: AdminListen,
 
     /// On SIGTERM/SIGINT, time to flush close frames before exiting.
@@ -193,7 +221,7 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 
     /// Listen backlog of each shard's listener.
-    #[arg(long, env = "CRIER_BACKLOG", default_value = "4096", value_name = "N")]
+    #[arg(long, env = "CRIER_BACKLOG", default_value_t = DEFAULT_BACKLOG, value_name = "N")]
     pub backlog: i32,
 
     /// SO_SNDBUF of accepted sockets (e.g. 16KiB for density). [default: kernel's]
@@ -220,6 +248,29 @@ pub struct ServeArgs {
     /// publish). Past it the channel starts a new epoch and resuming clients get `reset`.
     #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub redis_meta_ttl: Duration,
+
+    /// TEST ONLY, and only in debug builds (a release build has no such flag): `N@DURATION`
+    /// makes shard N block its thread for good DURATION after it starts, as a wedged shard
+    /// would, so tests/watchdog.rs can check that WATCHDOG=1 then stops. Hidden from --help
+    /// and from the README on purpose: it is not a setting.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true, value_parser = parse_wedge, value_name = "N@DURATION")]
+    pub debug_wedge_shard: Option<Wedge>,
+}
+
+/// Test only: which shard `--debug-wedge-shard` blocks, and when (see `ServeArgs`).
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wedge {
+    pub shard: usize,
+    pub after: Duration,
+}
+
+#[cfg(debug_assertions)]
+fn parse_wedge(s: &str) -> Result<Wedge, String> {
+    let (shard, after) = s.split_once('@').unwrap_or((s, "0s"));
+    let shard = shard.trim().parse().map_err(|_| format!("'{s}' is not N@DURATION (e.g. 1@2s)"))?;
+    Ok(Wedge { shard, after: parse_duration(after)? })
 }
 
 /// Arguments of `crier publish`.
@@ -261,6 +312,7 @@ pub struct PublishArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_shared: bool,
     pub path: String,
     pub shards: usize,
     pub driver: DriverChoice,
@@ -278,7 +330,11 @@ pub struct Config {
     pub history_bytes: usize,
     pub history_ttl: Duration,
     pub publish_socket: PathBuf,
+    /// The socket is the default one, so its directory must be private (created and checked
+    /// by `publish::bind`).
+    pub publish_socket_is_default: bool,
     pub publish_socket_mode: u32,
+    pub publish_timeout: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub backlog: i32,
@@ -291,6 +347,30 @@ pub struct Config {
     pub watchdog: Option<Duration>,
     /// Cluster mode (`--redis`); `None` is the single box.
     pub redis: Option<crate::cluster::RedisConfig>,
+    /// Test only (debug builds): the shard to wedge (see `ServeArgs::debug_wedge_shard`).
+    #[cfg(debug_assertions)]
+    pub debug_wedge_shard: Option<Wedge>,
+}
+
+/// Bounds of the sweep tick (see [`Config::sweep_tick`]).
+const MIN_SWEEP_TICK: Duration = Duration::from_millis(20);
+const MAX_SWEEP_TICK: Duration = Duration::from_secs(1);
+
+impl Config {
+    /// How often each shard sweeps. A quarter of the shorter of --ping-interval and
+    /// --idle-timeout (so a ping or an idle close is at most a quarter late), between 20 ms
+    /// and 1 s. Under a systemd watchdog also at most a quarter of WATCHDOG_USEC: the
+    /// watchdog pings only while every shard's sweep is younger than the interval
+    /// (`ops::notify::watchdog`), so a healthy shard's sweep must come well inside it; the
+    /// other three quarters are margin for a sweep that waits behind a batch.
+    pub fn sweep_tick(&self) -> Duration {
+        let tick = (self.ping_interval.min(self.idle_timeout) / 4).clamp(MIN_SWEEP_TICK, MAX_SWEEP_TICK);
+        match self.watchdog {
+            // 1 ms at least: a WATCHDOG_USEC under 4 ms would otherwise spin the sweep.
+            Some(interval) => tick.min(interval / 4).max(Duration::from_millis(1)),
+            None => tick,
+        }
+    }
 }
 
 /// A setting that could not be used; the message names the setting and the fix.
@@ -298,11 +378,24 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// The default publisher socket, shared by `crier serve` and `crier publish`.
+/// The default publisher socket, shared by `crier serve` and `crier publish`: `publish.sock`
+/// in [`default_publish_dir`].
 pub fn default_publish_socket() -> PathBuf {
+    default_publish_dir().join("publish.sock")
+}
+
+/// The directory of the default publisher socket: `$XDG_RUNTIME_DIR/crier`, else
+/// `$TMPDIR/crier-<uid>` (`/tmp/crier-<uid>` without TMPDIR). Its name can be guessed, so
+/// it is only used when it is private to this user: `publish::private_dir` creates it with
+/// mode 0700 and refuses one that someone else owns or may enter. A guessable socket name
+/// in /tmp itself would let any local user create it first, to block the server or to
+/// receive what `crier publish` sends.
+pub fn default_publish_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail; the directory belongs to the user files are created as.
+    let uid = unsafe { libc::geteuid() };
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => Path::new(&dir).join("crier.sock"),
-        _ => PathBuf::from(format!("/tmp/crier-{}.sock", unsafe { libc::getuid() })),
+        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => Path::new(&dir).join("crier"),
+        _ => std::env::temp_dir().join(format!("crier-{uid}")),
     }
 }
 
@@ -393,6 +486,9 @@ impl ServeArgs {
         if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return err("--ping-interval, --idle-timeout and --handshake-timeout must be above zero".into());
         }
+        if self.publish_timeout.is_zero() {
+            return err("--publish-timeout must be above zero".into());
+        }
         if self.idle_timeout <= self.ping_interval {
             return err(format!(
                 "--idle-timeout ({}) must be longer than --ping-interval ({}), or healthy clients get closed between pings",
@@ -452,8 +548,13 @@ impl ServeArgs {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|us| *us > 0)
             .map(Duration::from_micros);
+        #[cfg(debug_assertions)]
+        if let Some(w) = self.debug_wedge_shard.filter(|w| w.shard >= shards) {
+            return err(format!("--debug-wedge-shard: there is no shard {} (--shards {shards})", w.shard));
+        }
         Ok(Config {
             listen: self.listen,
+            listen_shared: self.listen_shared,
             path: self.path,
             shards,
             driver: self.driver,
@@ -470,8 +571,10 @@ impl ServeArgs {
             history_messages: self.history_messages,
             history_bytes: self.history_bytes.0 as usize,
             history_ttl: self.history_ttl,
+            publish_socket_is_default: self.publish_socket.is_none(),
             publish_socket: self.publish_socket.unwrap_or_else(default_publish_socket),
             publish_socket_mode: self.publish_socket_mode,
+            publish_timeout: self.publish_timeout,
             admin_listen: self.admin_listen.0,
             drain_timeout: self.drain_timeout,
             backlog: self.backlog,
@@ -480,6 +583,8 @@ impl ServeArgs {
             notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog,
             redis,
+            #[cfg(debug_assertions)]
+            debug_wedge_shard: self.debug_wedge_shard,
         })
     }
 }
@@ -543,5 +648,31 @@ mod tests {
         let e = serve(&["--shards", "0"]).unwrap().resolve().unwrap_err();
         assert!(e.0.contains("--shards"), "{e}");
         assert!(serve(&["--max-queue-bytes", "lots"]).unwrap_err().to_string().contains("max-queue-bytes"));
+    }
+
+    #[test]
+    fn sweep_tick_is_a_quarter_of_the_watchdog_interval_at_most() {
+        let mut c = serve(&[]).unwrap().resolve().unwrap();
+        c.watchdog = None;
+        assert_eq!(c.sweep_tick(), Duration::from_secs(1), "defaults: 30s pings, capped at 1 s");
+        c.watchdog = Some(Duration::from_secs(30));
+        assert_eq!(c.sweep_tick(), Duration::from_secs(1), "WatchdogSec=30s leaves the tick alone");
+        c.watchdog = Some(Duration::from_millis(200));
+        assert_eq!(c.sweep_tick(), Duration::from_millis(50));
+        c.watchdog = Some(Duration::from_millis(2));
+        assert_eq!(c.sweep_tick(), Duration::from_millis(1), "never zero");
+        let mut c = serve(&["--ping-interval", "40ms", "--idle-timeout", "1s"]).unwrap().resolve().unwrap();
+        c.watchdog = None;
+        assert_eq!(c.sweep_tick(), Duration::from_millis(20), "20 ms at least without a watchdog");
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn debug_wedge_shard_names_an_existing_shard() {
+        let s = serve(&["--shards", "2", "--debug-wedge-shard", "1@2s"]).unwrap();
+        assert_eq!(s.debug_wedge_shard, Some(Wedge { shard: 1, after: Duration::from_secs(2) }));
+        let e = serve(&["--shards", "2", "--debug-wedge-shard", "2"]).unwrap().resolve().unwrap_err();
+        assert!(e.0.contains("--debug-wedge-shard"), "{e}");
+        assert!(serve(&["--debug-wedge-shard", "one"]).is_err());
     }
 }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Publish(args) => crier::publish::client::run(&args),
-        Command::Check(args) => crier::check::run(&args),
+        Command::Check(args) => crier::ops::check::run(&args),
     }
 }
 

@@ -83,7 +83,8 @@ pub struct Cli {
     pub publish_channel: Option<String>,
 
     /// crier's publisher Unix socket; repeat to publish every message to several crier
-    /// processes [default: $XDG_RUNTIME_DIR/crier.sock, else /tmp/crier-<uid>.sock].
+    /// processes [default: crier's, $XDG_RUNTIME_DIR/crier/publish.sock, else
+    /// $TMPDIR/crier-<uid>/publish.sock].
     #[arg(long = "publish-socket", value_name = "PATH")]
     pub publish_sockets: Vec<PathBuf>,
 
@@ -156,12 +157,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// crier's default publisher socket (`config::default_publish_socket` in crier, which this
+/// crate does not link): `publish.sock` in crier's private directory. crier itself checks
+/// that directory's owner and mode.
 pub fn default_publish_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("crier.sock"),
-        // SAFETY: getuid cannot fail.
-        _ => PathBuf::from(format!("/tmp/crier-{}.sock", unsafe { libc::getuid() })),
-    }
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() && std::path::Path::new(&d).is_dir() => PathBuf::from(d).join("crier"),
+        _ => std::env::temp_dir().join(format!("crier-{uid}")),
+    };
+    dir.join("publish.sock")
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,10 +3,10 @@
 //! without sockets.
 
 use base64::Engine as _;
-use sha1::{Digest as _, Sha1};
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::frame::FrameHeader;
 
 pub const DEFLATE_OFFER: &str = "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Largest message we accept from the server.
 pub const MAX_MESSAGE: usize = 64 << 20;
 
@@ -30,13 +30,6 @@ pub fn new_key(rng: &mut Rng) -> String {
     k[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
     k[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
     base64::engine::general_purpose::STANDARD.encode(k)
-}
-
-pub fn accept_for(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(key.as_bytes());
-    h.update(GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
 pub fn request(host: &str, path: &str, key: &str, deflate: bool) -> Vec<u8> {
@@ -106,7 +99,8 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Response, HandshakeError>
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("sec-websocket-accept") {
-            accept_ok = value == accept_for(key);
+            // RFC 6455 §4.2.2: base64(SHA-1(key ++ GUID)).
+            accept_ok = value == derive_accept_key(key.as_bytes());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             deflate |= value.split(',').any(|ext| ext.split(';').next().unwrap_or("").trim() == "permessage-deflate");
         }
@@ -309,20 +303,14 @@ fn parse_all(
     }
 }
 
-/// Appends a masked client frame (FIN set) to `out`.
+/// Appends a masked client frame (FIN set) to `out`. The load tool only sends pongs and
+/// close frames and checks nothing with them, so the header is tungstenite's, as in crier;
+/// the server frames it reads are parsed by its own `FrameReader`, independently of crier.
 pub fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        out.push(0x80 | n as u8);
-    } else if n <= 0xffff {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
+    let header = FrameHeader { opcode: opcode.into(), mask: Some(mask), ..FrameHeader::default() };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    // RFC 6455 §5.3: byte i is XORed with mask[i % 4].
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
 }
 
@@ -397,11 +385,6 @@ mod tests {
             });
             true
         })
-    }
-
-    #[test]
-    fn accept_key_from_rfc() {
-        assert_eq!(accept_for("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]

@@ -22,14 +22,13 @@ pub mod resume;
 pub mod script;
 pub mod sequencer;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
-use crate::frame::MessageKind;
-use crate::metrics::{Metrics, PublishError};
+use crate::ops::metrics::{Metrics, PublishError};
+use crate::ws::frame::MessageKind;
 
 /// The validated cluster settings.
 #[derive(Debug, Clone)]
@@ -141,23 +140,15 @@ pub struct Delivery {
     pub received_at: Instant,
 }
 
-/// The control thread's and the shards' way to the cluster thread.
+/// The way to the cluster thread: given to the control thread (for publishers) and to
+/// every shard (for resumes) by `server`, explicitly (issue 10: no global carries it).
+/// Cheap to clone and `Send`; all clones feed one queue.
 #[derive(Debug, Clone)]
-pub struct Cluster {
+pub struct ClusterHandle {
     commands: flume::Sender<Command>,
 }
 
-/// Set once at start in cluster mode, so that shards can reach the cluster thread without
-/// another argument threaded through every shard constructor (that keeps the hook points
-/// in shard and server code to a line each).
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-/// The cluster thread, if crier runs in cluster mode.
-pub fn get() -> Option<&'static Cluster> {
-    CLUSTER.get()
-}
-
-impl Cluster {
+impl ClusterHandle {
     /// Sends a publish; the reply comes once Redis has answered.
     pub fn publish(&self, channel: ChannelName, kind: MessageKind, payload: &[u8]) -> PublishReply {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -176,32 +167,32 @@ impl Cluster {
     }
 }
 
-/// Deliveries from the cluster thread, until the control thread takes them.
-static DELIVERIES: std::sync::Mutex<Option<flume::Receiver<Delivery>>> = std::sync::Mutex::new(None);
+/// Messages from Redis for the control thread's hub (see [`spawn_delivery_task`]).
+pub type Deliveries = flume::Receiver<Delivery>;
 
-/// Starts the cluster thread (before the control thread, which then calls
-/// [`spawn_delivery_task`]).
-pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(), String> {
+/// Starts the cluster thread. Returns the handle for the control thread and the shards, and
+/// the deliveries for the control thread (before it starts, see [`spawn_delivery_task`]).
+///
+/// The command queue has no bound of its own, and needs none: a publisher awaits Redis's
+/// answers to one turn's commands (at most `TURN_COMMANDS`, `TURN_BYTES`) before it reads
+/// more, at most `MAX_PUBLISHERS` are connected, and a shard's fetch is one per resuming
+/// connection, awaited before it is registered.
+pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(ClusterHandle, Deliveries), String> {
     let (commands, command_rx) = flume::unbounded();
     let (deliveries, delivery_rx) = flume::unbounded();
-    if let Ok(mut slot) = DELIVERIES.lock() {
-        *slot = Some(delivery_rx);
-    }
     metrics.redis.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     std::thread::Builder::new()
         .name("crier-cluster".into())
         .spawn(move || redis_thread::run(cfg, metrics, command_rx, deliveries))
         .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
-    CLUSTER.set(Cluster { commands }).map_err(|_| "cluster mode started twice".to_string())?;
-    Ok(())
+    Ok((ClusterHandle { commands }, delivery_rx))
 }
 
 /// On the control thread: hands every message from Redis to the hub, in the order the
-/// cluster thread delivers them (seq order per channel). Does nothing without --redis.
-pub fn spawn_delivery_task(ingress: std::rc::Rc<crate::publish::Ingress>) {
-    let Some(rx) = DELIVERIES.lock().ok().and_then(|mut slot| slot.take()) else { return };
+/// cluster thread delivers them (seq order per channel).
+pub fn spawn_delivery_task(deliveries: Deliveries, ingress: std::rc::Rc<crate::publish::Ingress>) {
     monoio::spawn(async move {
-        while let Ok(d) = rx.recv_async().await {
+        while let Ok(d) = deliveries.recv_async().await {
             ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
         }
     });

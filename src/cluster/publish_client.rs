@@ -12,7 +12,7 @@ use super::RedisConfig;
 use super::script;
 use crate::channel::ChannelName;
 use crate::config::PublishArgs;
-use crate::frame::MessageKind;
+use crate::ws::frame::MessageKind;
 
 /// Messages per script call with `--lines` (calls go one after the other, in order).
 const BATCH: usize = 128;

@@ -31,8 +31,8 @@ use super::script::{self, Addressed, Names};
 use super::sequencer::{Sequencer, Verdict};
 use super::{Command, Delivery, Fetched, RedisConfig};
 use crate::channel::ChannelName;
-use crate::frame::MessageKind;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::ws::frame::MessageKind;
 
 /// Script calls in flight at once. Kept below the connection's request buffer
 /// ([`PIPELINE_BUFFER`]) so that queueing a request never waits: see [`dispatch`].

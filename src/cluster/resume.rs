@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::channel::ChannelName;
-use crate::history::Notice;
-use crate::hub::{self, Broadcast};
-use crate::metrics::Metrics;
+use crate::hub::Broadcast;
+use crate::ops::metrics::Metrics;
+use crate::shard::fanout::ShardEncoder;
+use crate::shard::history::Notice;
 
 use super::Fetched;
 
@@ -46,6 +47,7 @@ pub fn plan(
     client_epoch: u64,
     fetched: Fetched,
     held: Vec<Arc<Broadcast>>,
+    encoder: &ShardEncoder,
     metrics: &Metrics,
 ) -> Option<RemotePlan> {
     // No state in Redis: the shard's own history is all there is.
@@ -61,7 +63,7 @@ pub fn plan(
     for (s, kind, payload) in fetched.entries {
         if s > after && !by_seq.contains_key(&s) {
             // Never seen live here: encoded (once, for this resume) on the shard.
-            let b = hub::build_here(metrics, channel.clone(), s, epoch, kind, &payload, now);
+            let b = encoder.encode(channel.clone(), s, epoch, kind, &payload, now);
             by_seq.insert(s, Arc::new(b));
             fetched_n += 1;
         }
@@ -88,7 +90,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{MessageKind, encode_data};
+    use crate::ws::frame::{MessageKind, encode_data};
     use bytes::Bytes;
 
     fn held(seq: u64, epoch: u64) -> Arc<Broadcast> {
@@ -99,7 +101,7 @@ mod tests {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"h", false),
             deflated: None,
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: Instant::now(),
         })
     }
@@ -115,24 +117,25 @@ mod tests {
     #[test]
     fn merges_stream_and_history_once_in_order() {
         let m = Metrics::new(1);
+        let enc = ShardEncoder::new(Arc::new(Metrics::new(1)));
         let a = ChannelName::parse("a").unwrap();
         let f = Fetched { epoch: Some(7), head: 9, entries: entries(6..=9) };
-        let p = plan(&a, 5, 7, f, vec![held(8, 7), held(9, 7), held(10, 7), held(3, 7)], &m).unwrap();
+        let p = plan(&a, 5, 7, f, vec![held(8, 7), held(9, 7), held(10, 7), held(3, 7)], &enc, &m).unwrap();
         assert_eq!((p.notice, seqs(&p), p.skip_until), (None, vec![6, 7, 8, 9, 10], Some(10)));
         assert_eq!(m.redis.resume_fetched.load(std::sync::atomic::Ordering::Relaxed), 2);
         // Redis trimmed 6..=7: a gap for exactly those.
         let f = Fetched { epoch: Some(7), head: 9, entries: entries(8..=9) };
-        let p = plan(&a, 5, 7, f, vec![], &m).unwrap();
+        let p = plan(&a, 5, 7, f, vec![], &enc, &m).unwrap();
         assert_eq!((p.notice, seqs(&p)), (Some(Notice::Gap { from: 6, to: 7 }), vec![8, 9]));
         // Another epoch: reset, then everything held.
         let f = Fetched { epoch: Some(8), head: 2, entries: entries(1..=2) };
-        let p = plan(&a, 5, 7, f, vec![held(9, 7)], &m).unwrap();
+        let p = plan(&a, 5, 7, f, vec![held(9, 7)], &enc, &m).unwrap();
         assert_eq!((p.notice, p.epoch, seqs(&p)), (Some(Notice::Reset), 8, vec![1, 2]));
         // Nothing missed.
-        let p = plan(&a, 9, 7, Fetched { epoch: Some(7), head: 9, entries: vec![] }, vec![], &m).unwrap();
+        let p = plan(&a, 9, 7, Fetched { epoch: Some(7), head: 9, entries: vec![] }, vec![], &enc, &m).unwrap();
         assert_eq!((p.notice, seqs(&p), p.skip_until), (None, vec![], None));
         // Redis holds no state: fall back to local history.
-        assert!(plan(&a, 1, 7, Fetched::default(), vec![], &m).is_none());
+        assert!(plan(&a, 1, 7, Fetched::default(), vec![], &enc, &m).is_none());
         assert!(needs_fetch(None, false, 7));
         assert!(needs_fetch(Some(6), false, 7));
         assert!(needs_fetch(Some(7), true, 7));

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use crate::channel::ChannelName;
-use crate::frame::MessageKind;
+use crate::ws::frame::MessageKind;
 
 /// The publish script (see its header for keys, arguments and reply).
 pub const PUBLISH_LUA: &str = include_str!("publish.lua");

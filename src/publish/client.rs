@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::protocol::encode_pub;
 use crate::config::{PublishArgs, default_publish_socket};
-use crate::frame::MessageKind;
+use crate::ws::frame::MessageKind;
 
 /// Runs `crier publish`. Prints each sequence number; exits 1 with the server's reason on a
 /// refusal, 2 when the server cannot be reached or the input cannot be read.
@@ -15,7 +15,19 @@ pub fn run(args: &PublishArgs) -> ExitCode {
         // `--redis`: straight through Redis, no local crier needed (src/cluster/).
         return crate::cluster::publish_client::run(args);
     }
-    let path = args.publish_socket.clone().unwrap_or_else(default_publish_socket);
+    let path = match &args.publish_socket {
+        Some(p) => p.clone(),
+        None => {
+            let path = default_publish_socket();
+            // The default's name can be guessed: connect only if its directory is private,
+            // or another local user could be the one listening (and reading the payload).
+            if let Some(Err(e)) = path.parent().map(|dir| super::private_dir(dir, false)) {
+                eprintln!("crier publish: {e}");
+                return ExitCode::from(2);
+            }
+            path
+        }
+    };
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) => {

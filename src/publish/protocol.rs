@@ -9,8 +9,8 @@
 //! stream can go on (the framing is intact) or must be closed (it is not).
 
 use crate::channel::ChannelName;
-use crate::frame::MessageKind;
-use crate::metrics::PublishError;
+use crate::ops::metrics::PublishError;
+use crate::ws::frame::MessageKind;
 
 /// Longest command line accepted (the payload is not part of it).
 pub const MAX_LINE: usize = 1024;

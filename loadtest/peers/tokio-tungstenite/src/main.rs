@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use bytes::{Buf, Bytes, BytesMut};
 use crier::channel::ChannelName;
-use crier::frame::MessageKind;
+use crier::ws::frame::MessageKind;
 use crier::publish::protocol::{self, Parsed};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

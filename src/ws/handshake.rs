@@ -5,6 +5,7 @@
 //! [`HandshakeError`] carries the HTTP status every refusal gets. The connection module does
 //! the IO. Nothing here allocates per byte read and nothing panics on client input.
 
+use super::http;
 use crate::channel::{ChannelName, ChannelNameError};
 
 /// Largest request head accepted; past it the client gets 431.
@@ -75,7 +76,7 @@ pub enum HandshakeError {
 }
 
 /// The browser client, served at `GET /crier.js`.
-pub const CLIENT_SCRIPT: &str = include_str!("../clients/js/crier.js");
+pub const CLIENT_SCRIPT: &str = include_str!("../../clients/js/crier.js");
 
 impl HandshakeError {
     pub fn status(&self) -> (u16, &'static str) {
@@ -93,27 +94,19 @@ impl HandshakeError {
     /// The full HTTP response sent before closing the connection.
     pub fn response(&self) -> Vec<u8> {
         if *self == HandshakeError::ClientScript {
-            return format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/javascript; charset=utf-8\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\n{CLIENT_SCRIPT}",
-                CLIENT_SCRIPT.len()
-            )
-            .into_bytes();
+            let extra = [("Access-Control-Allow-Origin", "*"), ("Cache-Control", "max-age=300")];
+            return http::response("200 OK", "application/javascript; charset=utf-8", &extra, CLIENT_SCRIPT.as_bytes());
         }
         let (code, text) = self.status();
         let body = format!("{self}\n");
-        let mut extra = String::new();
-        match self {
-            HandshakeError::BadVersion => extra.push_str("Sec-WebSocket-Version: 13\r\n"),
-            HandshakeError::UpgradeRequired => extra.push_str("Upgrade: websocket\r\n"),
-            HandshakeError::MethodNotAllowed => extra.push_str("Allow: GET\r\n"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => extra.push_str("Retry-After: 5\r\n"),
-            _ => {}
-        }
-        format!(
-            "HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        let extra: &[(&str, &str)] = match self {
+            HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13")],
+            HandshakeError::UpgradeRequired => &[("Upgrade", "websocket")],
+            HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
+            HandshakeError::OverCapacity | HandshakeError::Draining => &[("Retry-After", "5")],
+            _ => &[],
+        };
+        http::response(&format!("{code} {text}"), "text/plain; charset=utf-8", extra, body.as_bytes())
     }
 }
 
@@ -161,13 +154,42 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     let has_token = |name: &'static str, token: &str| {
         header(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+    // HTTP/1.1 request message that lacks a Host header field and to any request message
+    // that contains more than one Host header field line". RFC 6455 §4.2.1 item 2 too.
+    match header("Host").count() {
+        0 => return Err(bad("missing Host header (RFC 9112 §3.2, RFC 6455 §4.2.1)")),
+        1 => {}
+        _ => return Err(bad("Host header appears more than once (RFC 9112 §3.2)")),
+    }
+    // An upgrade has no body (RFC 6455 §4.1: a GET); whatever follows the head is
+    // WebSocket frames. A request that announces a body (RFC 9112 §6.1, §6.2) would have its
+    // body read as frames, so it is refused rather than guessed at.
+    if let Some(te) = header("Transfer-Encoding").next() {
+        return Err(bad(format!("an upgrade request must not have a body (Transfer-Encoding: {})", shown(te))));
+    }
+    if let Some(cl) = header("Content-Length").find(|v| v.trim() != "0") {
+        return Err(bad(format!("an upgrade request must not have a body (Content-Length: {})", shown(cl))));
+    }
     if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
         return Err(HandshakeError::UpgradeRequired); // §4.2.1 items 3, 4
     }
-    if header("Sec-WebSocket-Version").next().map(str::trim) != Some("13") {
+    // §11.3.5: Sec-WebSocket-Version MUST NOT appear more than once in a request; with two,
+    // the answer would depend on which one is read.
+    let mut versions = header("Sec-WebSocket-Version");
+    let version = versions.next().map(str::trim);
+    if versions.next().is_some() {
+        return Err(bad("Sec-WebSocket-Version appears more than once (RFC 6455 §11.3.5)"));
+    }
+    if version != Some("13") {
         return Err(HandshakeError::BadVersion); // §4.2.2 item 4
     }
-    let key = header("Sec-WebSocket-Key").next().map(str::trim).unwrap_or("");
+    // §11.3.1: Sec-WebSocket-Key MUST NOT appear more than once in a request.
+    let mut keys = header("Sec-WebSocket-Key");
+    let key = keys.next().map(str::trim).unwrap_or("");
+    if keys.next().is_some() {
+        return Err(bad("Sec-WebSocket-Key appears more than once (RFC 6455 §11.3.1)"));
+    }
     if !valid_key(key) {
         return Err(bad("missing or invalid Sec-WebSocket-Key")); // §4.2.1 item 5
     }
@@ -177,6 +199,11 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     let (since, last) = parse_resume(query, channels.len(), envelope)?;
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last }, used)))
+}
+
+/// Printable, bounded excerpt of a header value for an error body.
+fn shown(v: &str) -> String {
+    v.trim().chars().take(40).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// A key is the base64 of 16 bytes: 24 characters ending in "==".
@@ -396,6 +423,49 @@ mod tests {
         let nokey = req("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
         assert_eq!(parse(&nokey).unwrap_err().status().0, 400);
         assert_eq!(parse("GARBAGE\0\r\n\r\n").unwrap_err().status().0, 400);
+    }
+
+    #[test]
+    fn duplicates_missing_host_and_bodies_are_400() {
+        let base = req("/ws", "");
+        let cases = [
+            (
+                "two keys",
+                base.replace("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+                "Sec-WebSocket-Key appears more than once",
+            ),
+            (
+                "two versions 13, 8",
+                base.replace("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Version: 8\r\n"),
+                "Sec-WebSocket-Version appears more than once",
+            ),
+            (
+                "two versions 8, 13",
+                base.replace("Version: 13\r\n", "Version: 8\r\nSec-WebSocket-Version: 13\r\n"),
+                "Sec-WebSocket-Version appears more than once",
+            ),
+            ("no Host", base.replace("Host: x\r\n", ""), "missing Host"),
+            ("two Hosts", base.replace("Host: x\r\n", "Host: x\r\nhost: y\r\n"), "Host header appears more than once"),
+            ("Content-Length", req("/ws", "Content-Length: 5\r\n"), "must not have a body (Content-Length: 5)"),
+            (
+                "Content-Length 0 and 1",
+                req("/ws", "Content-Length: 0\r\nContent-Length: 1\r\n"),
+                "must not have a body",
+            ),
+            (
+                "Transfer-Encoding",
+                req("/ws", "Transfer-Encoding: chunked\r\n"),
+                "must not have a body (Transfer-Encoding: chunked)",
+            ),
+        ];
+        for (what, r, why) in cases {
+            let e = parse(&r).unwrap_err();
+            assert_eq!(e.status().0, 400, "{what}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
+        }
+        // No body announced: accepted.
+        assert!(parse(&req("/ws", "Content-Length: 0\r\n")).unwrap().is_some());
+        assert!(parse(&req("/ws", "Content-Length:  0 \r\n")).unwrap().is_some());
     }
 
     #[test]

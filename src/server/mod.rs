@@ -5,7 +5,8 @@
 //! admin), reports ready, then waits for SIGTERM/SIGINT and drains. Shards own the client
 //! connections; the control thread owns sequencing; the main thread owns nothing hot.
 
-use std::net::SocketAddr;
+pub mod listen;
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -16,14 +17,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::{LegacyDriver, RuntimeBuilder};
-use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cluster::ClusterHandle;
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
-use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::Notifier;
+use crate::ops::{admin, capacity};
 use crate::publish::{self, Ingress};
-use crate::{admin, shard};
+use crate::shard;
 
 /// Runs the server until a signal has drained it. Errors at start-up exit non-zero.
 pub fn run(cfg: Config) -> ExitCode {
@@ -41,11 +43,16 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Before anything can report ready: a SIGTERM from then on must drain, not kill.
     let signals = install_signal_handlers()?;
-    raise_nofile(&cfg);
+    let nofile = raise_nofile();
     let metrics = Arc::new(Metrics::new(cfg.shards));
+    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards)?;
+    log_budget(&budget);
+    metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
 
-    let (listeners, ws_addr) = bind_ws(&cfg)?;
+    // `ws` lives until this function returns: it keeps the address marked as not shared.
+    let mut ws = listen::bind(&cfg)?;
+    let (listeners, ws_addr) = (std::mem::take(&mut ws.listeners), ws.addr);
     let listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     let admin = match cfg.admin_listen {
         Some(addr) => {
@@ -57,8 +64,20 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let publisher =
-        publish::bind(&cfg.publish_socket, cfg.publish_socket_mode).map_err(|e| format!("--publish-socket: {e}"))?;
+    let publisher = publish::bind(&cfg).map_err(|e| format!("--publish-socket: {e}"))?;
+    let socket_file = publisher.file.clone();
+
+    // Cluster mode: the Redis thread starts first; its handle goes to every shard (for
+    // resumes) and to the control thread (for publishes), its deliveries to the control
+    // thread.
+    let (cluster, deliveries) = match &cfg.redis {
+        Some(redis) => {
+            let (handle, deliveries) = crate::cluster::start(redis.clone(), metrics.clone())?;
+            tracing::info!("cluster mode: redis {} prefix {}", redis.shown_url(), redis.prefix);
+            (Some(handle), Some(deliveries))
+        }
+        None => (None, None),
+    };
 
     // Shards.
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -67,10 +86,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     for (id, listener) in listeners.into_iter().enumerate() {
         let (tx, rx) = flume::unbounded();
         senders.push(tx.clone());
-        let (cfg, metrics, ready) = (cfg.clone(), metrics.clone(), ready_tx.clone());
+        let (cfg, metrics, ready, cluster) = (cfg.clone(), metrics.clone(), ready_tx.clone(), cluster.clone());
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::run(id, cfg, metrics, listener, (tx, rx), ready))
+            .spawn(move || shard::run(id, cfg, metrics, cluster, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }
@@ -84,14 +103,8 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     }
     let _ = metrics.driver.set(driver);
     if cfg.driver == DriverChoice::Auto && driver == "epoll" {
-        let why = shard::probe_io_uring().err().map_or_else(|| "set-up failed".to_string(), |e| e.to_string());
+        let why = shard::runtime::probe_io_uring().err().map_or_else(|| "set-up failed".to_string(), |e| e.to_string());
         tracing::warn!("io_uring is not available ({why}); falling back to epoll");
-    }
-
-    // Cluster mode: the Redis thread starts before the control thread that feeds on it.
-    if let Some(redis) = &cfg.redis {
-        crate::cluster::start(redis.clone(), metrics.clone())?;
-        tracing::info!("cluster mode: redis {} prefix {}", redis.shown_url(), redis.prefix);
     }
 
     // The control thread: hub, publishers, admin.
@@ -101,7 +114,9 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("crier-control".into())
-            .spawn(move || control_thread(cfg, metrics, senders, publisher, admin, control_rx, cready_tx))
+            .spawn(move || {
+                control_thread(cfg, metrics, senders, publisher, admin, (cluster, deliveries), control_rx, cready_tx)
+            })
             .map_err(|e| format!("cannot start control thread: {e}"))?
     };
     match cready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -118,13 +133,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     );
     notifier.notify("READY=1");
     if let Some(interval) = cfg.watchdog.filter(|_| notifier.enabled()) {
-        let n = notifier.clone();
-        let _ = std::thread::Builder::new().name("crier-watchdog".into()).spawn(move || {
-            loop {
-                n.notify("WATCHDOG=1");
-                std::thread::sleep(interval / 2);
-            }
-        });
+        let (n, metrics) = (notifier.clone(), metrics.clone());
+        let _ = std::thread::Builder::new()
+            .name("crier-watchdog".into())
+            .spawn(move || crate::ops::notify::watchdog(&n, &metrics, interval));
     }
 
     let signal = wait_for_signal(signals);
@@ -146,38 +158,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         }
     }
     drop(control);
-    let _ = std::fs::remove_file(&cfg.publish_socket);
+    // Only the socket this crier created: the path may now hold another instance's.
+    socket_file.remove_if_ours();
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds one SO_REUSEPORT listener per shard on the same address.
-fn bind_ws(cfg: &Config) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
-    let mut addr = cfg.listen;
-    let mut out = Vec::with_capacity(cfg.shards);
-    for i in 0..cfg.shards {
-        let fail = |what: &str, e: std::io::Error| format!("--listen {addr}: {what}: {e}");
-        let sock =
-            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| fail("socket", e))?;
-        sock.set_reuse_port(true).map_err(|e| fail("SO_REUSEPORT", e))?;
-        sock.set_reuse_address(true).map_err(|e| fail("SO_REUSEADDR", e))?;
-        if let Some(size) = cfg.socket_send_buffer {
-            sock.set_send_buffer_size(size).map_err(|e| fail("SO_SNDBUF", e))?;
-        }
-        sock.set_nonblocking(true).map_err(|e| fail("non-blocking", e))?;
-        sock.bind(&addr.into()).map_err(|e| fail("cannot bind", e))?;
-        sock.listen(cfg.backlog).map_err(|e| fail("cannot listen", e))?;
-        if i == 0 {
-            // Port 0 resolves here; the other shards bind the same port.
-            addr = sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| format!("--listen {addr}: no local address"))?;
-        }
-        out.push(sock.into());
-    }
-    Ok((out, addr))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -185,8 +169,9 @@ fn control_thread(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardMsg>>,
-    publisher: std::os::unix::net::UnixListener,
+    publisher: publish::Bound,
     admin: Option<std::net::TcpListener>,
+    (cluster, deliveries): (Option<ClusterHandle>, Option<crate::cluster::Deliveries>),
     stop: flume::Receiver<()>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
@@ -198,6 +183,7 @@ fn control_thread(
         }
     };
     rt.block_on(async move {
+        let publish::Bound { listener: publisher, file: socket_file } = publisher;
         let publisher = match monoio::net::UnixListener::from_std(publisher) {
             Ok(l) => l,
             Err(e) => {
@@ -212,13 +198,11 @@ fn control_thread(
                 return;
             }
         };
-        let ingress = Rc::new(Ingress {
-            hub: std::cell::RefCell::new(Hub::new(shards, metrics.clone())),
-            cfg,
-            metrics: metrics.clone(),
-        });
-        monoio::spawn(publish::accept_loop(publisher, ingress.clone()));
-        crate::cluster::spawn_delivery_task(ingress.clone()); // no-op without --redis
+        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone(), cluster));
+        monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
+        if let Some(deliveries) = deliveries {
+            crate::cluster::spawn_delivery_task(deliveries, ingress.clone());
+        }
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));
         }
@@ -243,32 +227,47 @@ fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str 
     if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit and warns when that cannot hold
-/// --max-connections.
-fn raise_nofile(cfg: &Config) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into lim.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-        return;
-    }
-    let old = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    let old = match crate::ops::check::nofile_limits() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("getrlimit(RLIMIT_NOFILE): {e}");
+            // What Linux gives a process by default.
+            return 1024;
+        }
+    };
+    let mut soft = old.soft;
+    if old.soft < old.hard {
+        let lim = libc::rlimit { rlim_cur: old.hard, rlim_max: old.hard };
         // SAFETY: setrlimit reads lim.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            soft = old.hard;
+        } else {
             tracing::warn!("setrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-            lim.rlim_cur = old;
         }
     }
-    tracing::info!("RLIMIT_NOFILE: soft {old} -> {} (hard {})", lim.rlim_cur, lim.rlim_max);
-    // Each connection is one fd; shards, listeners, the publisher socket and logs need a few.
-    let needed = cfg.max_connections as u64 + 64 + 8 * cfg.shards as u64;
-    if lim.rlim_cur < needed {
+    tracing::info!("RLIMIT_NOFILE: soft {} -> {soft} (hard {})", old.soft, old.hard);
+    soft
+}
+
+/// Logs the connection limit in force, with a warning when RLIMIT_NOFILE lowered it.
+fn log_budget(b: &capacity::Budget) {
+    if b.derived() {
         tracing::warn!(
-            "RLIMIT_NOFILE {} cannot hold --max-connections {} (needs about {needed}): raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf), or lower --max-connections",
-            lim.rlim_cur,
-            cfg.max_connections
+            "max connections: {} (--max-connections {} cannot be held: RLIMIT_NOFILE {} less {} descriptors reserved for publishers, the admin port and refusals); raise LimitNOFILE= in the systemd unit or the hard nofile limit (tuning/limits.d/90-crier.conf) to hold more",
+            b.limit,
+            b.configured,
+            b.nofile,
+            b.reserve
+        );
+    } else {
+        tracing::info!(
+            "max connections: {} (--max-connections; RLIMIT_NOFILE {} holds {} with {} descriptors reserved)",
+            b.limit,
+            b.nofile,
+            b.room(),
+            b.reserve
         );
     }
 }

@@ -5,6 +5,12 @@
 //! non-atomic refcount bump; writing it is part of one `sendmsg` that drains up to
 //! [`MAX_IOVECS`] queued frames. The write never blocks: `MSG_DONTWAIT` (accepted sockets
 //! are blocking under io_uring) and `MSG_NOSIGNAL` (a vanished peer is an error, not SIGPIPE).
+//!
+//! The queue also keeps what the bound (`--max-queue-bytes`) is measured on, see
+//! [`OutboundQueue::backlog`]: the bytes still to write, plus the pongs the client asked for
+//! and has not paid for by taking as many bytes. A queue holds at most one pong not yet
+//! started on the wire (RFC 6455 §5.5.3 lets a later pong answer every earlier ping).
+//! Judging a connection is the shard's business, after a write attempt; the queue counts.
 
 use std::collections::VecDeque;
 use std::io;
@@ -67,6 +73,16 @@ pub struct OutboundQueue {
     head_written: usize,
     /// Bytes of all queued frames, including the written part of the head.
     total: usize,
+    /// Frames popped from the front so far (wrapping): `frames[i]` is frame number
+    /// `popped + i`, which is how the pending pong is found again after pops.
+    popped: u32,
+    /// Number (as above) of the queued pong that no byte of has been written yet.
+    pong: Option<u32>,
+    /// Bytes of the pongs the client asked for (every ping, answered or coalesced), less the
+    /// bytes it has taken since: what a client that sends pings but does not read owes.
+    owed: u32,
+    /// The peer's `tcpi_bytes_acked` when `owed` was last settled.
+    acked: u64,
 }
 
 impl OutboundQueue {
@@ -75,9 +91,62 @@ impl OutboundQueue {
         self.frames.push_back(frame);
     }
 
+    /// Queues a pong, coalescing: if a pong not yet started on the wire is queued, the new
+    /// one takes its place (RFC 6455 §5.5.3: a pong may answer only the most recent ping).
+    /// `asked` is the bytes of every pong this one answers for (the caller may have folded
+    /// several pings into it); they count as owed until the client has taken as many bytes.
+    pub fn push_pong(&mut self, frame: Rc<OutFrame>, asked: usize) {
+        let pending = self.pong.map(|n| n.wrapping_sub(self.popped) as usize);
+        match pending {
+            // Index 0 with bytes written has started: it must go out whole, untouched.
+            Some(i) if i < self.frames.len() && !(i == 0 && self.head_written > 0) => {
+                self.total = self.total - self.frames[i].len() + frame.len();
+                self.frames[i] = frame;
+            }
+            _ => {
+                self.pong = Some(self.popped.wrapping_add(self.frames.len() as u32));
+                self.push(frame);
+            }
+        }
+        self.owed = (self.owed as usize).saturating_add(asked).min(u32::MAX as usize) as u32;
+    }
+
+    /// Whether pongs are owed (the shard then asks the kernel whether the client reads).
+    pub fn owes(&self) -> bool {
+        self.owed > 0
+    }
+
+    /// Settles what is owed against the peer's current `tcpi_bytes_acked`: every byte the
+    /// client took since the last look (pongs, broadcasts, anything) pays for a byte of
+    /// pongs. A client that pings and reads its pongs owes nothing for long; one that sends
+    /// pings without reading owes every pong it asked for. `None`, a kernel that does not
+    /// tell, forgives everything: pongs still coalesce, but a client that floods pings is
+    /// then not told from one that reads.
+    pub fn peer_acked(&mut self, acked: Option<u64>) {
+        match acked {
+            Some(a) => {
+                let took = a.wrapping_sub(self.acked);
+                self.acked = a;
+                self.owed = (self.owed as u64).saturating_sub(took) as u32;
+            }
+            None => self.owed = 0,
+        }
+    }
+
     /// Bytes still to write.
     pub fn queued_bytes(&self) -> usize {
         self.total - self.head_written
+    }
+
+    /// What `--max-queue-bytes` bounds: bytes still to write, plus the pongs owed.
+    pub fn backlog(&self) -> usize {
+        self.queued_bytes() + self.owed as usize
+    }
+
+    /// Whether the backlog passes `max`. A single frame never does on its own (a message may
+    /// be larger than the bound), unless pongs are owed besides.
+    pub fn over(&self, max: usize) -> bool {
+        self.backlog() > max && (self.frames.len() > 1 || self.owed > 0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,6 +159,9 @@ impl OutboundQueue {
         let keep = usize::from(self.head_written > 0).min(self.frames.len());
         self.frames.truncate(keep);
         self.total = self.frames.iter().map(|f| f.len()).sum();
+        // A kept head has started on the wire, so no pong is pending any more.
+        self.pong = None;
+        self.owed = 0;
         keep == 1
     }
 
@@ -155,6 +227,10 @@ impl OutboundQueue {
                     latency.saturating_record(us.max(1));
                 }
                 self.frames.pop_front();
+                if self.pong == Some(self.popped) {
+                    self.pong = None;
+                }
+                self.popped = self.popped.wrapping_add(1);
             }
             if (n as usize) < want {
                 return Ok(Flush::Blocked);
@@ -183,13 +259,93 @@ mod tests {
         }
         assert_eq!(q.queued_bytes(), 1000);
         let mut w = Written::default();
-        let mut h = crate::metrics::new_latency_histogram();
+        let mut h = crate::ops::metrics::new_latency_histogram();
         assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Done);
         assert_eq!(w.frames, 100);
         assert_eq!(h.len(), 100);
         let mut got = vec![0; 1000];
         b.read_exact(&mut got).unwrap();
         assert!(got.chunks(10).enumerate().all(|(i, c)| c.iter().all(|x| *x == i as u8)));
+    }
+
+    #[test]
+    fn over_the_bound_takes_more_than_one_frame() {
+        let mut q = OutboundQueue::default();
+        q.push(frame(&[1; 100]));
+        assert!(!q.over(10), "one frame alone is never over the bound");
+        q.push(frame(&[2; 100]));
+        assert!(q.over(199));
+        assert!(!q.over(200));
+    }
+
+    fn pong(payload: &[u8]) -> Rc<OutFrame> {
+        OutFrame::control(crate::ws::frame::encode_pong(payload).bytes().clone())
+    }
+
+    #[test]
+    fn pongs_coalesce_into_one_not_yet_started() {
+        let mut q = OutboundQueue::default();
+        q.push(frame(&[1; 100]));
+        q.push_pong(pong(b"a"), 3);
+        q.push(frame(&[2; 100]));
+        q.push_pong(pong(b"bb"), 4);
+        q.push_pong(pong(b"ccc"), 5);
+        // One pong, in the first one's place, answering the latest ping.
+        assert_eq!(q.frames.len(), 3);
+        assert_eq!(&q.frames[1].bytes[..], &[0x8A, 3, b'c', b'c', b'c']);
+        assert_eq!(q.queued_bytes(), 100 + 5 + 100);
+        assert_eq!(q.backlog(), 205 + 12, "every pong asked for is owed");
+
+        // A pong of which a byte is on the wire is left alone; the next one is queued anew.
+        let mut q = OutboundQueue::default();
+        q.push_pong(pong(b"a"), 3);
+        q.head_written = 1;
+        q.push_pong(pong(b"b"), 3);
+        assert_eq!(q.frames.len(), 2);
+        q.push_pong(pong(b"c"), 3);
+        assert_eq!(q.frames.len(), 2);
+        assert_eq!(&q.frames[1].bytes[..], &[0x8A, 1, b'c']);
+    }
+
+    #[test]
+    fn a_written_pong_is_no_longer_pending() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut q = OutboundQueue::default();
+        let (mut w, mut h) = (Written::default(), crate::ops::metrics::new_latency_histogram());
+        for round in 0..3u8 {
+            q.push_pong(pong(&[round]), 3);
+            assert_eq!(q.frames.len(), 1);
+            assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Done);
+            let mut got = [0u8; 3];
+            b.read_exact(&mut got).unwrap();
+            assert_eq!(got, [0x8A, 1, round], "each round's pong goes out");
+        }
+        assert!(q.pong.is_none());
+        // Writing does not pay what is owed: only the client taking bytes does.
+        assert_eq!(q.backlog(), 9);
+    }
+
+    #[test]
+    fn owed_pongs_are_paid_by_what_the_client_takes() {
+        let mut q = OutboundQueue::default();
+        q.peer_acked(Some(500)); // what it took before (the 101, say)
+        q.push_pong(pong(b""), 2000);
+        assert!(q.owes());
+        assert!(q.over(1024), "2000 bytes of pongs owed pass a 1 KiB bound");
+        q.peer_acked(Some(500));
+        assert_eq!(q.backlog(), 2 + 2000, "nothing taken, nothing paid");
+        q.peer_acked(Some(1700));
+        assert_eq!(q.backlog(), 2 + 800);
+        assert!(!q.over(1024));
+        q.peer_acked(Some(10_000));
+        assert!(!q.owes());
+        assert!(!q.over(0), "one frame alone is never over the bound");
+        q.push_pong(pong(b""), 2);
+        q.peer_acked(None);
+        assert!(!q.owes(), "a kernel that does not tell forgives");
+        q.push_pong(pong(b""), 5000);
+        assert!(!q.discard_unsent());
+        assert_eq!(q.backlog(), 0, "a hard close forgets pongs, owed or queued");
     }
 
     #[test]
@@ -201,7 +357,7 @@ mod tests {
         q.push(frame(&big));
         q.push(frame(b"tail"));
         let mut w = Written::default();
-        let mut h = crate::metrics::new_latency_histogram();
+        let mut h = crate::ops::metrics::new_latency_histogram();
         assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Blocked);
         assert!(q.queued_bytes() < big.len() + 4);
         assert!(q.discard_unsent(), "head frame partly written is kept");

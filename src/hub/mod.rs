@@ -10,18 +10,19 @@
 //! hands the hub each message with its seq and epoch ([`Hub::deliver`]); from there the
 //! path is the same.
 
-use std::cell::RefCell;
+mod broadcast;
+
+pub use broadcast::{Broadcast, Enveloped, payload_of};
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
 use crate::channel::ChannelName;
-use crate::deflate::Compressor;
-use crate::frame::{self, Frame, MessageKind};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::ws::deflate::Compressor;
+use crate::ws::frame::MessageKind;
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.
@@ -30,60 +31,6 @@ use crate::metrics::Metrics;
 pub fn epoch() -> u64 {
     static EPOCH: OnceLock<u64> = OnceLock::new();
     *EPOCH.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64))
-}
-
-/// One published message, encoded for every subscriber.
-#[derive(Debug)]
-pub struct Broadcast {
-    pub channel: ChannelName,
-    pub seq: u64,
-    /// The epoch `seq` belongs to: [`epoch()`] on a single box, the channel's Redis epoch
-    /// in cluster mode.
-    pub epoch: u64,
-    pub kind: MessageKind,
-    /// The complete frame for connections without compression.
-    pub plain: Frame,
-    /// The complete RSV1 frame for permessage-deflate connections, when it is smaller.
-    pub deflated: Option<Frame>,
-    /// The `crier.v1` envelope frames, built once, the first time a subscriber needs them.
-    pub enveloped: OnceLock<Enveloped>,
-    /// When the publish was accepted (for the delivery-latency histogram).
-    pub published_at: Instant,
-}
-
-/// A broadcast in the `crier.v1` envelope: `m <channel> <seq> <epoch>\n<payload>`.
-#[derive(Debug)]
-pub struct Enveloped {
-    pub plain: Frame,
-    pub deflated: Option<Frame>,
-}
-
-thread_local! {
-    /// Envelopes are built by the hub, or (rarely, for a subscriber that just arrived) by a
-    /// shard: each thread keeps its own compressor.
-    static COMPRESSOR: RefCell<Compressor> = RefCell::new(Compressor::new());
-}
-
-impl Broadcast {
-    /// The payload as published (a view into the plain frame, not a copy).
-    pub fn payload(&self) -> Bytes {
-        payload_of(&self.plain)
-    }
-
-    /// The envelope frames, built on first use (encoded once, compressed at most once).
-    pub fn envelope(&self, metrics: &Metrics) -> &Enveloped {
-        self.enveloped.get_or_init(|| {
-            let payload = self.payload();
-            let mut body = format!("m {} {} {}\n", self.channel, self.seq, self.epoch).into_bytes();
-            body.extend_from_slice(&payload);
-            metrics.frames_encoded.fetch_add(1, Relaxed);
-            let deflated = (metrics.deflate_connections.load(Relaxed) > 0).then(|| {
-                metrics.compressions.fetch_add(1, Relaxed);
-                COMPRESSOR.with(|c| c.borrow_mut().compress(&body)).map(|z| frame::encode_data(self.kind, &z, true))
-            });
-            Enveloped { plain: frame::encode_data(self.kind, &body, false), deflated: deflated.flatten() }
-        })
-    }
 }
 
 /// What the hub sends a shard.
@@ -142,10 +89,15 @@ impl Hub {
         payload: &[u8],
         published_at: Instant,
     ) {
-        let broadcast = Arc::new(self.encode(channel, seq, epoch, kind, payload, published_at));
+        let mut broadcast = self.encode(channel, seq, epoch, kind, payload, published_at);
         if self.metrics.envelope_connections.load(Relaxed) > 0 {
-            broadcast.envelope(&self.metrics);
+            // Built here, before the broadcast is shared, so no shard ever waits on another
+            // for it; a shard builds its own only for broadcasts from before its first
+            // envelope subscriber (see `ShardFrames`).
+            let compressor = &mut self.compressor;
+            broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
+        let broadcast = Arc::new(broadcast);
         for shard in &self.shards {
             // A shard that has exited (only during shutdown) just misses the message.
             let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
@@ -162,7 +114,8 @@ impl Hub {
         payload: &[u8],
         at: Instant,
     ) -> Broadcast {
-        build(&mut self.compressor, &self.metrics, channel, seq, epoch, kind, payload, at)
+        let compressor = &mut self.compressor;
+        Broadcast::encode(&self.metrics, |p| compressor.compress(p), channel, seq, epoch, kind, payload, at)
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].
@@ -176,58 +129,6 @@ impl Hub {
             let _ = shard.send(ShardMsg::Drain);
         }
     }
-}
-
-/// Builds a broadcast: the frame encoded once, compressed at most once (only if some
-/// connection negotiated permessage-deflate). The hub uses it for every live message; in
-/// cluster mode a shard also uses it (with its own compressor) for messages a resume had
-/// to read back from Redis, which this node never saw live.
-#[allow(clippy::too_many_arguments)]
-pub fn build(
-    compressor: &mut Compressor,
-    metrics: &Metrics,
-    channel: ChannelName,
-    seq: u64,
-    epoch: u64,
-    kind: MessageKind,
-    payload: &[u8],
-    at: Instant,
-) -> Broadcast {
-    let plain = frame::encode_data(kind, payload, false);
-    metrics.frames_encoded.fetch_add(1, Relaxed);
-    let deflated = if metrics.deflate_connections.load(Relaxed) > 0 {
-        metrics.compressions.fetch_add(1, Relaxed);
-        compressor.compress(payload).map(|z| frame::encode_data(kind, &z, true))
-    } else {
-        None
-    };
-    Broadcast { channel, seq, epoch, kind, plain, deflated, enveloped: OnceLock::new(), published_at: at }
-}
-
-/// [`build`] with this thread's compressor (for a shard's replay from Redis).
-#[allow(clippy::too_many_arguments)]
-pub fn build_here(
-    metrics: &Metrics,
-    channel: ChannelName,
-    seq: u64,
-    epoch: u64,
-    kind: MessageKind,
-    payload: &[u8],
-    at: Instant,
-) -> Broadcast {
-    COMPRESSOR.with(|c| build(&mut c.borrow_mut(), metrics, channel, seq, epoch, kind, payload, at))
-}
-
-/// The payload bytes of a frame (for tests and benches).
-pub fn payload_of(frame: &Frame) -> Bytes {
-    let b = frame.bytes();
-    let len_byte = b[1] & 0x7f;
-    let start = match len_byte {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    b.slice(start..)
 }
 
 #[cfg(test)]

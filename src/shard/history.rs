@@ -157,7 +157,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{MessageKind, encode_data};
+    use crate::ws::frame::{MessageKind, encode_data};
 
     fn msg(ch: &str, seq: u64, at: Instant) -> Arc<Broadcast> {
         Arc::new(Broadcast {
@@ -167,7 +167,7 @@ mod tests {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, format!("{seq}").as_bytes(), false),
             deflated: None,
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: at,
         })
     }

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -48,6 +49,7 @@ labelled!(
         Client => "client",
         ProtocolError => "protocol_error",
         InvalidUtf8 => "invalid_utf8",
+        BadCompression => "bad_compression",
         MessageTooBig => "message_too_big",
         SlowConsumer => "slow_consumer",
         IdleTimeout => "idle_timeout",
@@ -68,6 +70,8 @@ labelled!(
         LineTooLong => "line_too_long",
         MissingCrlf => "missing_crlf",
         ShuttingDown => "shutting_down",
+        Timeout => "timeout",
+        TooManyPublishers => "too_many_publishers",
         RedisUnavailable => "redis_unavailable",
     }
 );
@@ -90,6 +94,10 @@ pub struct ShardMetrics {
     pub closed: [AtomicU64; CloseReason::COUNT],
     /// Cumulative delivery latency in microseconds, merged from the shard's local copy.
     pub latency: Mutex<Option<Histogram<u64>>>,
+    /// When the shard's sweep last ran, in milliseconds since [`Metrics::epoch`]: written
+    /// once per sweep tick, read by the watchdog thread before each WATCHDOG=1 (see
+    /// `ops::notify::watchdog`).
+    pub swept_at_ms: AtomicU64,
 }
 
 /// Everything /metrics reports.
@@ -102,8 +110,13 @@ pub struct Metrics {
     pub compressions: AtomicU64,
     pub driver: OnceLock<&'static str>,
     pub draining: AtomicBool,
-    /// Open connections over all shards (checked against --max-connections).
+    /// Upgraded connections over all shards.
     pub open_connections: AtomicUsize,
+    /// Sockets the WebSocket port holds, in the handshake or upgraded: one `capacity::Slot`
+    /// each, checked against `max_connections`.
+    pub ws_sockets: AtomicUsize,
+    /// The effective connection limit (`capacity::budget`), set once at start.
+    pub max_connections: AtomicUsize,
     /// Open connections that negotiated permessage-deflate (the hub compresses only if > 0).
     pub deflate_connections: AtomicUsize,
     /// Open connections that use the crier.v1 envelope (the hub builds envelopes only if > 0).
@@ -113,6 +126,13 @@ pub struct Metrics {
     pub messages_replayed: AtomicU64,
     /// Resumes that history could not satisfy: [gap, reset].
     pub resumes_unsatisfied: [AtomicU64; 2],
+    /// Why publishers cannot reach crier through `--publish-socket` (replaced, or deleted
+    /// and not recreated); `None` while the file there is crier's socket. Read by /healthz.
+    pub publish_socket_trouble: Mutex<Option<String>>,
+    /// Times the socket file was found deleted and bound again.
+    pub publish_socket_recreated: AtomicU64,
+    /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
+    epoch: Instant,
     /// Cluster mode (written by the cluster thread; rendered only with --redis).
     pub redis: RedisMetrics,
 }
@@ -164,6 +184,8 @@ pub fn new_latency_histogram() -> Histogram<u64> {
 impl Metrics {
     pub fn new(shards: usize) -> Self {
         Self {
+            // `swept_at_ms` 0 is the epoch: a shard that never sweeps is late one watchdog
+            // interval after start.
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             messages_published: AtomicU64::new(0),
             publish_errors: Default::default(),
@@ -173,13 +195,41 @@ impl Metrics {
             driver: OnceLock::new(),
             draining: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
+            ws_sockets: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
             deflate_connections: AtomicUsize::new(0),
             envelope_connections: AtomicUsize::new(0),
             replays: AtomicU64::new(0),
             messages_replayed: AtomicU64::new(0),
             resumes_unsatisfied: Default::default(),
+            publish_socket_trouble: Mutex::new(None),
+            publish_socket_recreated: AtomicU64::new(0),
+            epoch: Instant::now(),
             redis: RedisMetrics::new(),
         }
+    }
+
+    /// Milliseconds since the metrics were made: one monotonic clock for every thread.
+    fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records that `shard`'s sweep is running now: one relaxed store per sweep tick, by the
+    /// shard's own thread.
+    pub fn swept(&self, shard: usize) {
+        self.shards[shard].swept_at_ms.store(self.clock_ms(), Relaxed);
+    }
+
+    /// How long ago `s`'s sweep last ran (before the first one: since the metrics were made).
+    fn sweep_age(&self, s: &ShardMetrics) -> Duration {
+        Duration::from_millis(self.clock_ms().saturating_sub(s.swept_at_ms.load(Relaxed)))
+    }
+
+    /// The shard whose sweep has not run for the longest, with how long, if that is over
+    /// `limit`: a shard that is wedged (its thread blocked, or one task never yielding).
+    pub fn late_shard(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let (id, age) = self.shards.iter().map(|s| self.sweep_age(s)).enumerate().max_by_key(|(_, age)| *age)?;
+        (age > limit).then_some((id, age))
     }
 
     pub fn publish_error(&self, e: PublishError) {
@@ -201,6 +251,31 @@ impl Metrics {
         per_shard(&mut o, "crier_connections", "gauge", "Open WebSocket connections.", &|s| {
             s.connections.load(Relaxed) as u64
         });
+        head(
+            &mut o,
+            "crier_max_connections",
+            "gauge",
+            "Effective connection limit: --max-connections, or less where RLIMIT_NOFILE cannot hold it.",
+        );
+        let _ = writeln!(o, "crier_max_connections {}", self.max_connections.load(Relaxed));
+        head(
+            &mut o,
+            "crier_handshakes_pending",
+            "gauge",
+            "Sockets accepted on the WebSocket port and not yet upgraded; they count against the limit.",
+        );
+        let pending = self.ws_sockets.load(Relaxed).saturating_sub(self.open_connections.load(Relaxed));
+        let _ = writeln!(o, "crier_handshakes_pending {pending}");
+        head(
+            &mut o,
+            "crier_shard_sweep_age_seconds",
+            "gauge",
+            "Time since the shard's sweep last ran; past the systemd watchdog interval, WATCHDOG=1 stops.",
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ =
+                writeln!(o, "crier_shard_sweep_age_seconds{{shard=\"{i}\"}} {:.3}", self.sweep_age(s).as_secs_f64());
+        }
         per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
             s.accepted.load(Relaxed)
         });
@@ -239,6 +314,21 @@ impl Metrics {
         }
         head(&mut o, "crier_publishers", "gauge", "Connected publishers.");
         let _ = writeln!(o, "crier_publishers {}", self.publishers.load(Relaxed));
+        let socket_up = self.publish_socket_trouble.lock().map_or(true, |t| t.is_none());
+        head(
+            &mut o,
+            "crier_publish_socket_up",
+            "gauge",
+            "1 while the file at --publish-socket is crier's own socket, 0 while it is replaced or missing.",
+        );
+        let _ = writeln!(o, "crier_publish_socket_up {}", u8::from(socket_up));
+        head(
+            &mut o,
+            "crier_publish_socket_recreated_total",
+            "counter",
+            "Times the publisher socket file was found deleted and recreated.",
+        );
+        let _ = writeln!(o, "crier_publish_socket_recreated_total {}", self.publish_socket_recreated.load(Relaxed));
         head(&mut o, "crier_frames_encoded_total", "counter", "Broadcast frames built (once per message).");
         let _ = writeln!(o, "crier_frames_encoded_total {}", self.frames_encoded.load(Relaxed));
         head(&mut o, "crier_compressions_total", "counter", "Broadcast payloads deflated (at most once per message).");
@@ -373,6 +463,29 @@ mod tests {
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("crier_delivery_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("crier_delivery_latency_seconds_count 1"));
+        assert!(text.contains("crier_shard_sweep_age_seconds{shard=\"1\"} "));
+    }
+
+    #[test]
+    fn late_shard_is_the_one_whose_sweep_is_oldest() {
+        let m = Metrics::new(3);
+        for i in 0..3 {
+            m.swept(i);
+        }
+        assert_eq!(m.late_shard(Duration::from_secs(60)), None, "shards that just swept are not late");
+        // Let the clock pass 10 ms, so that an age can exceed 1 ms.
+        while m.clock_ms() < 10 {
+            std::thread::yield_now();
+        }
+        // Shard 2 last swept at the epoch; shard 1 later, shard 0 now.
+        m.shards[2].swept_at_ms.store(0, Relaxed);
+        m.shards[1].swept_at_ms.store(5, Relaxed);
+        let (id, age) = m.late_shard(Duration::from_millis(1)).expect("a late shard");
+        assert_eq!(id, 2, "the oldest sweep is reported");
+        assert!(age >= Duration::from_millis(10), "{age:?}");
+        m.swept(2);
+        m.swept(1);
+        assert_eq!(m.late_shard(Duration::from_secs(60)), None, "all swept again");
     }
 
     #[test]

@@ -8,13 +8,16 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use slab::Slab;
 
 use crate::channel::ChannelName;
-use crate::hub::Broadcast;
-use crate::metrics::Metrics;
-use crate::outbound::{OutFrame, OutboundQueue};
+use crate::hub::{Broadcast, Enveloped};
+use crate::ops::metrics::Metrics;
+use crate::shard::outbound::{OutFrame, OutboundQueue};
+use crate::ws::deflate::Compressor;
+use crate::ws::frame::MessageKind;
 
 /// What fan-out needs from a connection.
 pub trait Subscriber {
@@ -101,22 +104,16 @@ impl<C: Subscriber> Subscribers<C> {
     }
 
     /// Queues a broadcast on each open subscriber of its channel. Connections that got a
-    /// frame are added to `dirty` (once); those whose queue would pass `max_queue` bytes
-    /// get nothing and are added to `slow`. One frame always fits an empty queue.
-    pub fn deliver(&self, frames: &ShardFrames, max_queue: usize, dirty: &mut Vec<Rc<C>>, slow: &mut Vec<Rc<C>>) {
+    /// frame are added to `dirty` (once). Nobody is judged here: `--max-queue-bytes` bounds
+    /// what a client has not taken after a write attempt, which the shard checks when it
+    /// flushes `dirty`; the shard bounds by bytes how much is queued between two flushes.
+    pub fn deliver(&self, frames: &ShardFrames, dirty: &mut Vec<Rc<C>>) {
         let mut deliver = |conn: &Rc<C>| {
             if !conn.is_open() || !conn.accepts(&frames.channel, frames.seq) {
                 return;
             }
             let f = frames.pick(conn.wants_envelope(), conn.wants_deflate());
-            let mut out = conn.outbound().borrow_mut();
-            if !out.is_empty() && out.queued_bytes() + f.len() > max_queue {
-                drop(out);
-                slow.push(conn.clone());
-                return;
-            }
-            out.push(f.clone());
-            drop(out);
+            conn.outbound().borrow_mut().push(f.clone());
             if !conn.dirty_flag().replace(true) {
                 dirty.push(conn.clone());
             }
@@ -141,19 +138,57 @@ pub struct ShardFrames {
     pub plain: Rc<OutFrame>,
     pub deflated: Option<Rc<OutFrame>>,
     broadcast: Arc<Broadcast>,
-    metrics: Arc<Metrics>,
+    encoder: Rc<ShardEncoder>,
     envelope: OnceCell<(Rc<OutFrame>, Option<Rc<OutFrame>>)>,
 }
 
+/// What a shard needs to build the frames the hub did not: the envelope of a broadcast
+/// published before any connection used envelopes (a replay to a new `crier.v1` subscriber,
+/// mostly). One per shard, never shared, so building one never waits on another shard.
+pub struct ShardEncoder {
+    metrics: Arc<Metrics>,
+    /// Made on first use: most shards never need one.
+    compressor: RefCell<Option<Compressor>>,
+}
+
+impl ShardEncoder {
+    pub fn new(metrics: Arc<Metrics>) -> Rc<Self> {
+        Rc::new(Self { metrics, compressor: RefCell::new(None) })
+    }
+
+    /// Cluster mode: encodes a message a resume read back from Redis (this node never saw
+    /// it live, so no hub built it), with this shard's compressor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        at: Instant,
+    ) -> Broadcast {
+        let mut compressor = self.compressor.borrow_mut();
+        let compress = |p: &[u8]| compressor.get_or_insert_with(Compressor::new).compress(p);
+        Broadcast::encode(&self.metrics, compress, channel, seq, epoch, kind, payload, at)
+    }
+
+    fn envelope(&self, b: &Broadcast) -> Enveloped {
+        b.build_envelope(&self.metrics, |body| {
+            self.compressor.borrow_mut().get_or_insert_with(Compressor::new).compress(body)
+        })
+    }
+}
+
 impl ShardFrames {
-    pub fn new(b: &Arc<Broadcast>, metrics: &Arc<Metrics>) -> Self {
+    pub fn new(b: &Arc<Broadcast>, encoder: &Rc<ShardEncoder>) -> Self {
         Self {
             channel: b.channel.clone(),
             seq: b.seq,
             plain: out_frame(b, b.plain.bytes(), false),
             deflated: b.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)),
             broadcast: b.clone(),
-            metrics: metrics.clone(),
+            encoder: encoder.clone(),
             envelope: OnceCell::new(),
         }
     }
@@ -162,8 +197,15 @@ impl ShardFrames {
     pub fn pick(&self, envelope: bool, deflate: bool) -> &Rc<OutFrame> {
         let (plain, deflated) = if envelope {
             let (p, d) = self.envelope.get_or_init(|| {
-                let env = self.broadcast.envelope(&self.metrics);
                 let b = &self.broadcast;
+                let built;
+                let env = match &b.enveloped {
+                    Some(env) => env,
+                    None => {
+                        built = self.encoder.envelope(b);
+                        &built
+                    }
+                };
                 (out_frame(b, env.plain.bytes(), false), env.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)))
             });
             (p, d.as_ref())
@@ -184,8 +226,7 @@ fn out_frame(b: &Broadcast, bytes: &bytes::Bytes, deflated: bool) -> Rc<OutFrame
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{MessageKind, encode_data};
-    use std::time::Instant;
+    use crate::ws::frame::encode_data;
 
     #[derive(Default)]
     struct Fake {
@@ -218,7 +259,7 @@ mod tests {
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"hello", false),
             deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),
-            enveloped: Default::default(),
+            enveloped: None,
             published_at: Instant::now(),
         })
     }
@@ -236,30 +277,15 @@ mod tests {
         subs.insert(a.clone(), names(&["x"]));
         let mb = subs.insert(b.clone(), names(&["x", "y"]));
         subs.insert(c.clone(), names(&["x"]));
-        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
-        subs.deliver(
-            &ShardFrames::new(&broadcast("x", true), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
-        subs.deliver(
-            &ShardFrames::new(&broadcast("y", false), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
-        subs.deliver(
-            &ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1))),
-            1 << 20,
-            &mut dirty,
-            &mut slow,
-        );
+        let mut dirty = Vec::new();
+        let metrics = Arc::new(Metrics::new(1));
+        subs.deliver(&ShardFrames::new(&broadcast("x", true), &ShardEncoder::new(metrics.clone())), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("y", false), &ShardEncoder::new(metrics.clone())), &mut dirty);
+        subs.deliver(&ShardFrames::new(&broadcast("*", false), &ShardEncoder::new(metrics.clone())), &mut dirty);
         assert_eq!(a.out.borrow().queued_bytes(), 7 + 7);
         assert_eq!(b.out.borrow().queued_bytes(), 4 + 7 + 7, "deflate frame for x, plain for y and *");
         assert_eq!(c.out.borrow().queued_bytes(), 0, "closing connections get nothing");
         assert_eq!(dirty.len(), 2, "each connection is marked dirty once");
-        assert!(slow.is_empty());
         assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 1);
         assert!(subs.remove(mb));
         assert_eq!(subs.subscribers_of(&ChannelName::parse("y").unwrap()), 0);
@@ -267,16 +293,18 @@ mod tests {
     }
 
     #[test]
-    fn bound_marks_slow_consumers() {
+    fn delivery_never_judges_what_was_not_offered() {
+        // Frames queued before any write attempt are not a backlog yet: deliver queues them
+        // all, and it is the shard's flush that judges what the socket did not take.
         let mut subs = Subscribers::default();
         let a = Rc::new(Fake::default());
         subs.insert(a.clone(), vec![]);
-        let (mut dirty, mut slow) = (Vec::new(), Vec::new());
-        let frames = ShardFrames::new(&broadcast("*", false), &Arc::new(Metrics::new(1)));
+        let mut dirty = Vec::new();
+        let frames = ShardFrames::new(&broadcast("*", false), &ShardEncoder::new(Arc::new(Metrics::new(1))));
         for _ in 0..3 {
-            subs.deliver(&frames, 15, &mut dirty, &mut slow);
+            subs.deliver(&frames, &mut dirty);
         }
-        assert_eq!(a.out.borrow().queued_bytes(), 14, "two 7-byte frames fit in 15");
-        assert_eq!(slow.len(), 1);
+        assert_eq!(a.out.borrow().queued_bytes(), 21);
+        assert_eq!(dirty.len(), 1);
     }
 }

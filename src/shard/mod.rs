@@ -4,102 +4,71 @@
 //! The only thing that crosses into a shard is an `Arc<Broadcast>` from the hub (and the
 //! drain order). For each broadcast the shard wraps the encoded frame in one `Rc`, queues
 //! that `Rc` on every subscriber, then flushes each touched connection with one vectored
-//! write. One sweep task per shard sends pings, enforces the idle timeout and closes
-//! stragglers; there is no timer per connection. Nothing here takes a lock on the write path.
+//! write. A batch of broadcasts queued before a flush is bounded by count and by bytes, and
+//! a connection is judged slow only right after a write attempt, on what it did not take
+//! (see ARCHITECTURE.md, "Architecture invariants"). One sweep task per shard sends pings,
+//! enforces the idle timeout and closes stragglers; there is no timer per connection.
+//! Nothing here takes a lock on the write path.
+
+pub mod conn;
+pub mod fanout;
+pub mod history;
+pub mod outbound;
+pub mod runtime;
+mod session;
+pub mod sockio;
+mod sweep;
 
 use std::cell::{Cell, RefCell};
-use std::io;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
-use monoio::time::TimeDriver;
-use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::channel::ChannelName;
-use crate::config::{Config, DriverChoice};
-use crate::conn::{self, Conn, State};
-use crate::deflate::Inflater;
-use crate::fanout::{ShardFrames, Subscribers};
-use crate::frame;
-use crate::frame::MessageKind;
-use crate::handshake::{HandshakeConfig, Upgrade};
-use crate::history::{self, History, Notice, Request};
+use crate::cluster::{ClusterHandle, Fetched};
+use crate::config::Config;
 use crate::hub::{self, Broadcast, ShardMsg};
-use crate::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
-use crate::outbound::{Flush, OutFrame, Written};
+use crate::ops::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
+use crate::ws::deflate::Inflater;
+use crate::ws::frame;
+use crate::ws::frame::MessageKind;
+use crate::ws::handshake::{HandshakeConfig, Upgrade};
+use conn::Conn;
+use fanout::{ShardEncoder, ShardFrames, Subscribers};
+use history::{History, Notice, Request};
+use outbound::{Flush, OutFrame, Written};
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Broadcasts handled before flushing, when the hub's queue has a backlog.
 const MAX_BATCH: usize = 256;
+/// A batch also ends once its broadcasts reach `--max-queue-bytes` / this many bytes. Every
+/// queue then gets a write attempt before it can grow by more, so a connection that takes
+/// what it is offered is never over the bound for frames the shard has not yet tried to
+/// write. Half the bound leaves the other half for what a socket has not drained yet.
+const BATCH_SHARE_OF_QUEUE: usize = 2;
 /// A connection that has not finished its close handshake this long after our close frame
 /// is cut off.
 const CLOSE_GRACE_MS: u64 = 2_000;
-
-/// The runtime type every shard runs: io_uring or epoll, both with timers.
-pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
-
-/// Whether the kernel lets this process set up an io_uring (Docker's default seccomp
-/// profile and `kernel.io_uring_disabled` do not).
-pub fn probe_io_uring() -> io::Result<()> {
-    // struct io_uring_params is 120 bytes; zeroed asks for defaults.
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup reads and writes params, which is large enough.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned to us.
-    unsafe { libc::close(fd as i32) };
-    if monoio::utils::detect_uring() {
-        Ok(())
-    } else {
-        Err(io::Error::other("the kernel lacks io_uring operations monoio needs"))
-    }
-}
-
-/// Builds the runtime for `choice`; returns it with the driver's name.
-pub fn build_runtime(choice: DriverChoice) -> Result<(Runtime, &'static str), String> {
-    let uring =
-        || RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|rt| (Runtime::from(rt), "io_uring"));
-    let epoll = || {
-        RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|rt| (Runtime::from(rt), "epoll"))
-            .map_err(|e| format!("cannot start the epoll driver: {e}"))
-    };
-    match choice {
-        DriverChoice::Epoll => epoll(),
-        DriverChoice::IoUring => match probe_io_uring() {
-            Ok(()) => uring().map_err(|e| format!("cannot start the io_uring driver: {e}")),
-            Err(e) => Err(format!(
-                "--driver io-uring: io_uring is not available here ({e}); it is blocked by seccomp (e.g. Docker's default profile) or kernel.io_uring_disabled. Use --driver epoll or --driver auto"
-            )),
-        },
-        DriverChoice::Auto => match probe_io_uring() {
-            Ok(()) => uring().or_else(|e| {
-                tracing::warn!("io_uring set-up failed ({e}); falling back to epoll");
-                epoll()
-            }),
-            Err(_) => epoll(),
-        },
-    }
-}
 
 /// A shard's state, shared (`Rc`) by its tasks.
 pub struct Shard {
     pub id: usize,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Builds envelopes the hub did not (see `ShardEncoder`); this shard's own.
+    encoder: Rc<ShardEncoder>,
     pub handshake: HandshakeConfig,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
+    /// Broadcasts queued since the last flush, and their bytes: the batch being built.
+    unflushed: Cell<(usize, usize)>,
+    /// Bytes after which a batch ends (see [`BATCH_SHARE_OF_QUEUE`]).
+    batch_bytes: usize,
     pub scratch: RefCell<Box<[u8]>>,
     pub inflater: RefCell<Inflater>,
     latency: RefCell<Histogram<u64>>,
@@ -107,9 +76,17 @@ pub struct Shard {
     history: RefCell<History>,
     epoch: Instant,
     pub draining: Cell<bool>,
+    /// Drained: the sweep task ends.
+    stopped: Cell<bool>,
+    /// This shard, for the tasks it spawns (a writer needs an `Rc<Shard>`); built with
+    /// `Rc::new_cyclic`, so no thread-local has to carry it.
+    me: Weak<Shard>,
     /// The hub's queue to this shard (and a sender to put a drain order back on it).
     inbox: flume::Receiver<ShardMsg>,
     requeue: flume::Sender<ShardMsg>,
+    /// Cluster mode (`--redis`): the cluster thread, for resumes local history cannot
+    /// satisfy. Given by `server`, like everything else a shard uses.
+    cluster: Option<ClusterHandle>,
 }
 
 impl Shard {
@@ -117,19 +94,24 @@ impl Shard {
         id: usize,
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
+        cluster: Option<ClusterHandle>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
-    ) -> Self {
+    ) -> Rc<Self> {
         let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
-        Self {
+        let batch_bytes = cfg.max_queue_bytes / BATCH_SHARE_OF_QUEUE;
+        Rc::new_cyclic(|me| Self {
             id,
             cfg,
+            encoder: ShardEncoder::new(metrics.clone()),
             metrics,
             handshake,
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
+            unflushed: Cell::new((0, 0)),
+            batch_bytes,
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             inflater: RefCell::new(Inflater::new()),
             latency: RefCell::new(new_latency_histogram()),
@@ -139,17 +121,26 @@ impl Shard {
             draining: Cell::new(false),
             inbox,
             requeue,
-        }
+            cluster,
+            stopped: Cell::new(false),
+            me: me.clone(),
+        })
     }
 
     /// Applies broadcasts the hub has already sent (and acknowledged to publishers) but this
     /// shard has not handled yet, so that a new subscriber's `last=`/`since=` sees them in
     /// history rather than as live traffic. A drain order met here goes back on the queue
-    /// for the main loop.
+    /// for the main loop. Flushes whenever a batch is full, as the main loop does, so a
+    /// backlog met here cannot make subscribers look slow either.
     fn apply_pending(&self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                ShardMsg::Broadcast(b) => self.enqueue_broadcast(&b),
+                ShardMsg::Broadcast(b) => {
+                    self.enqueue_broadcast(&b);
+                    if !self.batch_has_room() {
+                        self.flush_dirty();
+                    }
+                }
                 ShardMsg::Drain => {
                     let _ = self.requeue.send(ShardMsg::Drain);
                     break;
@@ -184,26 +175,22 @@ impl Shard {
         let remote = self.fetch_for_resume(&channels, &upgrade).await;
         self.replay(conn, &channels, &upgrade, remote);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
-        *conn.membership.borrow_mut() = membership;
+        conn.set_membership(membership);
         let stats = self.stats();
         stats.connections.fetch_add(1, Relaxed);
         stats.accepted.fetch_add(1, Relaxed);
-        if conn.deflate {
+        if conn.deflate() {
             self.metrics.deflate_connections.fetch_add(1, Relaxed);
         }
-        if conn.envelope {
+        if conn.envelope() {
             self.metrics.envelope_connections.fetch_add(1, Relaxed);
         }
     }
 
     /// Cluster mode only: for each channel of a `since=` resume that local history cannot
     /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
-    async fn fetch_for_resume(
-        &self,
-        channels: &[ChannelName],
-        upgrade: &Upgrade,
-    ) -> Vec<Option<crate::cluster::Fetched>> {
-        let (Some(cluster), Some(since)) = (crate::cluster::get(), &upgrade.since) else {
+    async fn fetch_for_resume(&self, channels: &[ChannelName], upgrade: &Upgrade) -> Vec<Option<Fetched>> {
+        let (Some(cluster), Some(since)) = (&self.cluster, &upgrade.since) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(channels.len());
@@ -232,22 +219,16 @@ impl Shard {
     }
 
     /// Queues notices and history for `since=` / `last=`.
-    fn replay(
-        &self,
-        conn: &Rc<Conn>,
-        channels: &[ChannelName],
-        upgrade: &Upgrade,
-        mut remote: Vec<Option<crate::cluster::Fetched>>,
-    ) {
+    fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade, mut remote: Vec<Option<Fetched>>) {
         if upgrade.since.is_none() && upgrade.last == 0 {
             return;
         }
         self.apply_pending();
         let now = Instant::now();
         let history = self.history.borrow();
-        let mut out = conn.out.borrow_mut();
+        let mut out = conn.out().borrow_mut();
         let mut replayed = 0u64;
-        let cluster = crate::cluster::get().is_some();
+        let cluster = self.cluster.is_some();
         for (i, ch) in channels.iter().enumerate() {
             // The epoch a client's seqs are compared with: the process's on a single box,
             // the channel's (from Redis, as last seen here) in cluster mode.
@@ -264,6 +245,7 @@ impl Shard {
                     s.epochs[i],
                     f,
                     history.held_after(ch, 0, now),
+                    &self.encoder,
                     &self.metrics,
                 ),
                 _ => None,
@@ -278,17 +260,17 @@ impl Shard {
                     Notice::Reset => (format!("reset {ch} {epoch}\n"), 1),
                 };
                 self.metrics.resumes_unsatisfied[slot].fetch_add(1, Relaxed);
-                if conn.envelope {
+                if conn.envelope() {
                     let f = frame::encode_data(MessageKind::Text, text.as_bytes(), false);
                     out.push(OutFrame::control(f.bytes().clone()));
                 }
             }
             if let Some(seq) = plan.skip_until {
-                conn.skip.borrow_mut().push((ch.clone(), seq));
+                conn.skip_until(ch.clone(), seq);
             }
             for b in &plan.replay {
-                let frames = ShardFrames::new(b, &self.metrics);
-                let f = frames.pick(conn.envelope, conn.deflate);
+                let frames = ShardFrames::new(b, &self.encoder);
+                let f = frames.pick(conn.envelope(), conn.deflate());
                 // Not a delivery of a fresh publish: no latency sample.
                 out.push(Rc::new(OutFrame { bytes: f.bytes.clone(), published_at: None, deflated: f.deflated }));
                 replayed += 1;
@@ -299,7 +281,7 @@ impl Shard {
             self.metrics.replays.fetch_add(1, Relaxed);
             self.metrics.messages_replayed.fetch_add(replayed, Relaxed);
         }
-        if !conn.out.borrow().is_empty() {
+        if !conn.out().borrow().is_empty() {
             self.mark_dirty(conn);
         }
     }
@@ -307,7 +289,7 @@ impl Shard {
     /// Takes a finished connection out of the tables.
     pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
         conn.abort();
-        let membership = std::mem::take(&mut *conn.membership.borrow_mut());
+        let membership = conn.take_membership();
         if !self.subscribers.borrow_mut().remove(membership) {
             return;
         }
@@ -315,36 +297,40 @@ impl Shard {
         stats.connections.fetch_sub(1, Relaxed);
         stats.closed[reason as usize].fetch_add(1, Relaxed);
         self.metrics.open_connections.fetch_sub(1, Relaxed);
-        if conn.deflate {
+        if conn.deflate() {
             self.metrics.deflate_connections.fetch_sub(1, Relaxed);
         }
-        if conn.envelope {
+        if conn.envelope() {
             self.metrics.envelope_connections.fetch_sub(1, Relaxed);
         }
         // Free queued frames now rather than when a writer task notices.
-        conn.out.borrow_mut().discard_unsent();
+        conn.out().borrow_mut().discard_unsent();
     }
 
     fn mark_dirty(&self, conn: &Rc<Conn>) {
-        if !conn.dirty.replace(true) {
+        if conn.mark_dirty() {
             self.dirty.borrow_mut().push(conn.clone());
         }
     }
 
-    /// Queues a control frame (pong) for one connection; it is flushed with the next batch.
-    pub fn enqueue_control(&self, conn: &Rc<Conn>, bytes: Bytes) {
-        conn.out.borrow_mut().push(OutFrame::control(bytes));
+    /// Queues the pong answering a connection's latest ping, in place of a pending pong not
+    /// yet started (RFC 6455 §5.5.3), so a connection holds at most one. `asked`, the bytes
+    /// of all the pongs this one answers for, counts against --max-queue-bytes until the
+    /// client has taken as many bytes. Flushed (and the connection judged) with the next
+    /// flush.
+    pub fn enqueue_pong(&self, conn: &Rc<Conn>, payload: &[u8], asked: usize) {
+        let pong = OutFrame::control(frame::encode_pong(payload).bytes().clone());
+        conn.out().borrow_mut().push_pong(pong, asked);
         self.mark_dirty(conn);
     }
 
     /// Starts closing: queue a close frame, and for `hard` closes (protocol errors, slow
     /// consumers) drop what was queued and cut the connection once the frame is out.
     pub fn close(&self, conn: &Rc<Conn>, code: u16, reason: &str, why: CloseReason, hard: bool) {
-        if !conn.is_open() {
+        if !conn.start_closing(self.now_ms(), why, hard) {
             return;
         }
-        conn.state.set(State::Closing { since: self.now_ms(), reason: why, hard });
-        let mut out = conn.out.borrow_mut();
+        let mut out = conn.out().borrow_mut();
         if hard {
             out.discard_unsent();
         }
@@ -354,18 +340,27 @@ impl Shard {
     }
 
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
+    /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
         self.history.borrow_mut().record(b);
-        let frames = ShardFrames::new(b, &self.metrics);
-        let mut slow = Vec::new();
-        self.subscribers.borrow().deliver(&frames, self.cfg.max_queue_bytes, &mut self.dirty.borrow_mut(), &mut slow);
-        for conn in slow {
-            self.close_slow_consumer(&conn);
-        }
+        let frames = ShardFrames::new(b, &self.encoder);
+        self.subscribers.borrow().deliver(&frames, &mut self.dirty.borrow_mut());
+        let (count, bytes) = self.unflushed.get();
+        self.unflushed.set((count + 1, bytes + b.plain.len()));
     }
 
-    /// A connection whose backlog passed --max-queue-bytes: close 1008 and cut it off now,
-    /// since a client that does not read will not read our close frame either.
+    /// Whether the batch being built may take another broadcast before a flush: fewer than
+    /// [`MAX_BATCH`] broadcasts and fewer than `batch_bytes` bytes queued since the last one.
+    /// (The largest frame a connection gets, the envelope, is the plain one plus a header
+    /// line; a deflated one is smaller.)
+    fn batch_has_room(&self) -> bool {
+        let (count, bytes) = self.unflushed.get();
+        count < MAX_BATCH && bytes < self.batch_bytes
+    }
+
+    /// A connection whose backlog, right after a write attempt, is over --max-queue-bytes:
+    /// close 1008 and cut it off now, since a client that does not read will not read our
+    /// close frame either.
     fn close_slow_consumer(&self, conn: &Rc<Conn>) {
         self.close(
             conn,
@@ -378,12 +373,30 @@ impl Shard {
         conn.abort();
     }
 
-    /// Flushes every connection that got frames since the last flush.
+    /// Flushes every connection that got frames since the last flush, then judges it: the
+    /// bound is on what the client has not taken after this attempt (plus pongs it owes),
+    /// never on frames not yet offered to its socket.
     pub fn flush_dirty(&self) {
+        self.unflushed.set((0, 0));
+        let max = self.cfg.max_queue_bytes;
         let mut list = std::mem::take(&mut *self.dirty.borrow_mut());
         for conn in list.drain(..) {
-            conn.dirty.set(false);
-            self.flush_conn(&conn);
+            conn.clear_dirty();
+            let blocked = self.flush_conn(&conn);
+            if !conn.is_open() {
+                continue;
+            }
+            let mut out = conn.out().borrow_mut();
+            if out.owes() {
+                // The kernel may take our pongs long after the client stopped reading; only
+                // its acknowledgements tell. Asked only of connections that sent pings.
+                out.peer_acked(sockio::bytes_acked(conn.fd()));
+            }
+            let slow = (blocked || out.owes()) && out.over(max);
+            drop(out);
+            if slow {
+                self.close_slow_consumer(&conn);
+            }
         }
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
@@ -395,7 +408,7 @@ impl Shard {
     /// writer task is, or now is, waiting for writability).
     pub fn flush_conn(&self, conn: &Rc<Conn>) -> bool {
         let mut written = Written::default();
-        let result = conn.out.borrow_mut().flush(conn.fd, &mut written, &mut self.latency.borrow_mut());
+        let result = conn.out().borrow_mut().flush(conn.fd(), &mut written, &mut self.latency.borrow_mut());
         if written.frames > 0 {
             let stats = self.stats();
             stats.frames_written.fetch_add(written.frames, Relaxed);
@@ -414,8 +427,10 @@ impl Shard {
                 false
             }
             Ok(Flush::Blocked) => {
-                if !conn.writer_active.replace(true) {
-                    monoio::spawn(conn::writer(self.rc(), conn.clone()));
+                if let Some(shard) = self.me.upgrade()
+                    && conn.start_writer()
+                {
+                    monoio::spawn(writer(shard, conn.clone()));
                 }
                 true
             }
@@ -424,57 +439,6 @@ impl Shard {
                 false
             }
         }
-    }
-
-    fn rc(&self) -> Rc<Shard> {
-        SELF.with(|s| s.borrow().clone().expect("shard registered on its thread"))
-    }
-
-    /// Pings quiet connections, closes idle ones and stragglers, publishes the latency
-    /// histogram. Runs once per tick for the whole shard.
-    fn sweep(&self) {
-        let now = self.now_ms();
-        let ping_ms = self.cfg.ping_interval.as_millis() as u64;
-        let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
-        let mut idle = Vec::new();
-        {
-            let subscribers = self.subscribers.borrow();
-            for conn in subscribers.iter() {
-                match conn.state.get() {
-                    State::Open => {
-                        let seen = conn.last_seen.get();
-                        if now.saturating_sub(seen) >= idle_ms {
-                            idle.push(conn.clone());
-                        } else if now.saturating_sub(seen.max(conn.last_ping.get())) >= ping_ms {
-                            conn.last_ping.set(now);
-                            conn.out.borrow_mut().push(self.ping.clone());
-                            self.mark_dirty(conn);
-                        } else if !conn.writer_active.get() {
-                            conn.out.borrow_mut().shrink_idle();
-                        }
-                    }
-                    State::Closing { since, .. } => {
-                        if now.saturating_sub(since) >= CLOSE_GRACE_MS {
-                            conn.abort();
-                        }
-                    }
-                }
-            }
-        }
-        for conn in idle {
-            self.close(&conn, frame::close_code::GOING_AWAY, "idle timeout", CloseReason::IdleTimeout, false);
-        }
-        self.flush_dirty();
-        self.inflater.borrow_mut().shrink();
-        self.history.borrow_mut().expire(Instant::now());
-        let mut local = self.latency.borrow_mut();
-        if !local.is_empty()
-            && let Ok(mut shared) = self.stats().latency.lock()
-        {
-            let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
-            local.reset();
-        }
-        crate::memory::release();
     }
 
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
@@ -498,11 +462,6 @@ impl Shard {
     }
 }
 
-thread_local! {
-    /// The shard of this thread, so a `&Shard` can spawn tasks that need an `Rc<Shard>`.
-    static SELF: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
-}
-
 /// What a shard thread reports once its runtime is up: the driver, or why it failed.
 pub type ReadyReport = Result<&'static str, String>;
 
@@ -511,6 +470,7 @@ pub fn run(
     id: usize,
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
+    cluster: Option<ClusterHandle>,
     listener: std::net::TcpListener,
     (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
     ready: std::sync::mpsc::Sender<ReadyReport>,
@@ -522,7 +482,7 @@ pub fn run(
             tracing::warn!(shard = id, "could not pin to CPU {}", core.id);
         }
     }
-    let (mut rt, driver) = match build_runtime(cfg.driver) {
+    let (mut rt, driver) = match runtime::build_runtime(cfg.driver) {
         Ok(built) => built,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -537,14 +497,12 @@ pub fn run(
                 return;
             }
         };
-        let shard = Rc::new(Shard::new(id, cfg, metrics, rx.clone(), requeue));
-        SELF.with(|s| *s.borrow_mut() = Some(shard.clone()));
+        let shard = Shard::new(id, cfg, metrics, cluster, rx.clone(), requeue);
         let _ = ready.send(Ok(driver));
-        monoio::spawn(accept_loop(shard.clone(), listener));
-        monoio::spawn(sweep_loop(shard.clone()));
+        monoio::spawn(session::accept_loop(shard.clone(), listener));
+        monoio::spawn(sweep::sweep_loop(shard.clone()));
         while let Ok(msg) = rx.recv_async().await {
             let mut next = Some(msg);
-            let mut batch = 0;
             let mut waited = false;
             while let Some(msg) = next.take() {
                 match msg {
@@ -552,12 +510,11 @@ pub fn run(
                     ShardMsg::Drain => {
                         shard.flush_dirty();
                         shard.drain().await;
-                        SELF.with(|s| s.borrow_mut().take());
+                        shard.stopped.set(true);
                         return;
                     }
                 }
-                batch += 1;
-                if batch < MAX_BATCH {
+                if shard.batch_has_room() {
                     next = rx.try_recv().ok();
                     if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
                         // --flush-delay: let more broadcasts join this batch, so that each
@@ -569,45 +526,42 @@ pub fn run(
                 }
             }
             shard.flush_dirty();
+            if !rx.is_empty() {
+                // A backlog: `recv_async` would return at once and this task would never
+                // give way. Let the writers, read loops and accept loop run (and the driver
+                // poll) between two batches, so that a connection blocked on its socket can
+                // drain before it is offered the next batch.
+                yield_now().await;
+            }
         }
     });
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut last_warn: Option<Instant> = None;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                monoio::spawn(conn::accept(shard.clone(), stream));
-            }
-            Err(e) => {
-                let raw = e.raw_os_error().unwrap_or(0);
-                if shard.draining.get() || raw == libc::EINVAL {
-                    break; // the listener was shut down for draining
-                }
-                if matches!(raw, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(shard = shard.id, "accept: {e}; raise RLIMIT_NOFILE or lower --max-connections");
-                        last_warn = Some(Instant::now());
-                    }
-                    monoio::time::sleep(Duration::from_millis(100)).await;
-                } else {
-                    tracing::debug!(shard = shard.id, "accept: {e}");
-                }
-            }
+/// Gives way to every other ready task of the runtime once (monoio 0.2 has no public
+/// `yield_now`): the first poll wakes itself and returns `Pending`.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
         }
-    }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
-async fn sweep_loop(shard: Rc<Shard>) {
-    let base = shard.cfg.ping_interval.min(shard.cfg.idle_timeout) / 4;
-    let tick = base.clamp(Duration::from_millis(20), Duration::from_secs(1));
+/// The writer task, alive only while the connection's queue waits on a full socket.
+async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
     loop {
-        monoio::time::sleep(tick).await;
-        if SELF.with(|s| s.borrow().is_none()) {
-            return;
+        if conn.stream().writable(false).await.is_err() {
+            conn.abort();
+            break;
         }
-        shard.sweep();
+        if !shard.flush_conn(&conn) {
+            break;
+        }
     }
+    conn.writer_done();
 }

@@ -76,3 +76,33 @@ pub async fn send_all(sock: &impl Waitable, mut data: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Bytes of ours the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1+): it grows only
+/// while the client takes what we send, since a client that stops reading closes its
+/// receive window. `None` if the kernel does not say.
+pub fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info is valid for writes of len bytes; the kernel writes at most len.
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+}
+
+/// Writes what the socket takes of `data` now, without waiting; returns how much that was.
+/// For short answers on sockets about to be closed (refusals), where waiting is not worth
+/// a task.
+pub fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: data is valid for reads of data.len() bytes.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

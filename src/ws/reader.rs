@@ -1,116 +1,53 @@
-//! WebSocket frames (RFC 6455 §5): server frame encoding and client frame parsing.
+//! Client frames (RFC 6455 §5): [`FrameReader`] turns bytes read from a client into
+//! [`Event`]s and enforces the RFC's rules, each at the line that cites it; a broken rule is a
+//! [`Violation`] carrying its close code and the reason it is counted under.
 //!
-//! Encoding is separate from IO: a [`Frame`] is a complete server frame (header and payload)
-//! in one `Bytes`, built only here, so the hub can build a broadcast once and every shard can
-//! write the same buffer to every socket. Parsing turns bytes read from a client into
-//! [`Event`]s and enforces the RFC's rules for client frames; it never allocates for a
-//! message that fits in one frame. Header formatting and parsing use tungstenite's
-//! `FrameHeader`; tungstenite's `WebSocket` (128 KiB of buffers per connection) is never used.
+//! Pure: no IO, no shard. It never allocates for a message that fits in one frame. Header
+//! parsing uses tungstenite's `FrameHeader`.
 
 use std::io::Cursor;
 
-use bytes::Bytes;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// Close codes used by crier (RFC 6455 §7.4.1).
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-}
+use super::frame::{MessageKind, close_code};
+use crate::ops::metrics::CloseReason;
 
-/// Whether a data message is text or binary (the frame's opcode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    Text,
-    Binary,
-}
-
-impl MessageKind {
-    fn opcode(self) -> OpCode {
-        match self {
-            MessageKind::Text => OpCode::Data(Data::Text),
-            MessageKind::Binary => OpCode::Data(Data::Binary),
-        }
-    }
-}
-
-/// A complete, encoded server frame. Only the encoders in this module build one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
-
-impl Frame {
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-fn encode(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Frame {
-    let header = FrameHeader {
-        is_final: true,
-        rsv1,
-        rsv2: false,
-        rsv3: false,
-        opcode,
-        mask: None, // §5.1: a server MUST NOT mask frames it sends.
-    };
-    let len = payload.len() as u64;
-    let mut out = Vec::with_capacity(header.len(len) + payload.len());
-    header.format(len, &mut out).expect("writing a frame header into a Vec cannot fail");
-    out.extend_from_slice(payload);
-    Frame(Bytes::from(out))
-}
-
-/// A data frame carrying a whole message. `compressed` sets RSV1 (RFC 7692 §6): the payload
-/// must then be raw DEFLATE with the trailing `00 00 ff ff` removed.
-pub fn encode_data(kind: MessageKind, payload: &[u8], compressed: bool) -> Frame {
-    encode(kind.opcode(), compressed, payload)
-}
-
-/// A pong echoing a ping's application data (§5.5.3).
-pub fn encode_pong(payload: &[u8]) -> Frame {
-    encode(OpCode::Control(Control::Pong), false, payload)
-}
-
-/// A ping with no payload; the same bytes serve every connection.
-pub fn encode_ping() -> Frame {
-    Frame(Bytes::from_static(&[0x89, 0x00]))
-}
-
-/// A close frame with a status code and a reason (§5.5.1). The reason is cut to fit the
-/// 125-byte control frame limit on a character boundary.
-pub fn encode_close(code: u16, reason: &str) -> Frame {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    encode(OpCode::Control(Control::Close), false, &payload)
-}
-
-/// Why a client's frames broke the protocol, and the close code the RFC assigns.
+/// Why a client's frames or messages broke the rules: the close code the RFC assigns, the
+/// close frame's reason text, and what `crier_connections_closed_total` counts it as. Built
+/// only by the constructors below, so a code and its count never disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
     pub code: u16,
     pub reason: &'static str,
+    pub close_reason: CloseReason,
+}
+
+impl Violation {
+    /// 1002: the frames break RFC 6455 (§7.4.1).
+    pub const fn protocol(reason: &'static str) -> Violation {
+        Violation { code: close_code::PROTOCOL_ERROR, reason, close_reason: CloseReason::ProtocolError }
+    }
+
+    /// 1007: text (or a close reason) that is not UTF-8 (§8.1).
+    pub const fn invalid_utf8(reason: &'static str) -> Violation {
+        Violation { code: close_code::INVALID_PAYLOAD, reason, close_reason: CloseReason::InvalidUtf8 }
+    }
+
+    /// 1007 as well: a permessage-deflate payload that does not inflate (RFC 7692 §8.2.3.2
+    /// leaves the code to the endpoint; 1007 is "data inconsistent with the message type").
+    pub const fn bad_compression(reason: &'static str) -> Violation {
+        Violation { code: close_code::INVALID_PAYLOAD, reason, close_reason: CloseReason::BadCompression }
+    }
+
+    /// 1009: larger than `--max-client-message-bytes`.
+    pub const fn too_big(reason: &'static str) -> Violation {
+        Violation { code: close_code::MESSAGE_TOO_BIG, reason, close_reason: CloseReason::MessageTooBig }
+    }
 }
 
 const fn protocol(reason: &'static str) -> Violation {
-    Violation { code: close_code::PROTOCOL_ERROR, reason }
+    Violation::protocol(reason)
 }
 
 /// What a client sent, one event per complete control frame or data message.
@@ -158,6 +95,7 @@ pub struct ReaderLimits {
 
 impl FrameReader {
     /// Bytes held between reads (an incomplete frame, or fragments of a message).
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.partial.capacity() + self.assembly.as_ref().map_or(0, |a| a.data.capacity())
     }
@@ -206,6 +144,11 @@ fn parse_frames(
             Err(_) => return Err(protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
+        if len >> 63 != 0 {
+            // §5.2: in a 64-bit payload length "the most significant bit MUST be 0". Such a
+            // frame is malformed, not merely too big: 1002, not 1009.
+            return Err(protocol("64-bit payload length with the most significant bit set"));
+        }
         let Some(mask) = header.mask else {
             return Err(protocol("client frames must be masked")); // §5.1
         };
@@ -226,7 +169,7 @@ fn parse_frames(
         } else {
             let held = assembly.as_ref().map_or(0, |a| a.data.len()) as u64;
             if len.saturating_add(held) > limits.max_message as u64 {
-                return Err(Violation { code: close_code::MESSAGE_TOO_BIG, reason: "message too big" });
+                return Err(Violation::too_big("message too big"));
             }
         }
         let len = len as usize;
@@ -299,10 +242,8 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Violation> {
             if !allowed {
                 return Err(protocol("invalid close code"));
             }
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| Violation {
-                code: close_code::INVALID_PAYLOAD,
-                reason: "close reason is not valid UTF-8",
-            })?;
+            let reason = std::str::from_utf8(&payload[2..])
+                .map_err(|_| Violation::invalid_utf8("close reason is not valid UTF-8"))?;
             Ok(Some((code, reason)))
         }
     }
@@ -325,6 +266,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 mod tests {
     use super::*;
 
+    // Our own encoder, not tungstenite's FrameHeader (which the reader parses with): the
+    // tests check the wire independently of the code under test.
     fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let mut out = vec![first];
         let m = if mask.is_some() { 0x80 } else { 0 };
@@ -378,22 +321,6 @@ mod tests {
     }
 
     #[test]
-    fn encodes_server_frames_unmasked() {
-        let f = encode_data(MessageKind::Text, b"hi", false);
-        assert_eq!(f.bytes().as_ref(), &[0x81, 0x02, b'h', b'i']);
-        let f = encode_data(MessageKind::Binary, &[0u8; 200], true);
-        assert_eq!(&f.bytes()[..4], &[0xC2, 126, 0, 200]);
-        assert_eq!(f.len(), 204);
-        let f = encode_data(MessageKind::Text, &vec![b'a'; 70_000], false);
-        assert_eq!(f.bytes()[1], 127);
-        assert_eq!(encode_ping().bytes().as_ref(), &[0x89, 0]);
-        assert_eq!(encode_pong(b"x").bytes().as_ref(), &[0x8A, 1, b'x']);
-        assert_eq!(encode_close(1001, "bye").bytes().as_ref(), &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
-        // Reasons are cut to fit a control frame, on a char boundary.
-        assert!(encode_close(1000, &"é".repeat(100)).len() <= 127);
-    }
-
-    #[test]
     fn parses_messages_split_across_reads() {
         let frame = client_frame(0x81, b"hello world", MASK);
         let mut r = FrameReader::default();
@@ -443,6 +370,18 @@ mod tests {
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xED], MASK), LIMITS).code, 1002);
         assert_eq!(violation(&client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK), LIMITS).code, 1007);
         assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).code, 1009);
+        // A 64-bit length of 2^63 breaks §5.2; the largest legal one is only too big.
+        let msb = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(violation(&msb, LIMITS), protocol("64-bit payload length with the most significant bit set"));
+        let max = [0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
+        assert_eq!(violation(&max, LIMITS).code, 1009);
+        // Each violation carries what it is counted as, next to its code.
+        assert_eq!(violation(&client_frame(0x81, b"x", None), LIMITS).close_reason, CloseReason::ProtocolError);
+        let bad_reason = client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK);
+        assert_eq!(violation(&bad_reason, LIMITS).close_reason, CloseReason::InvalidUtf8);
+        assert_eq!(violation(&client_frame(0x82, &[0; 1025], MASK), LIMITS).close_reason, CloseReason::MessageTooBig);
+        assert_eq!(Violation::bad_compression("x").code, 1007);
+        assert_eq!(Violation::bad_compression("x").close_reason, CloseReason::BadCompression);
         let mut two = client_frame(0x01, b"a", MASK);
         two.extend(client_frame(0x81, b"b", MASK));
         assert_eq!(violation(&two, LIMITS).code, 1002);

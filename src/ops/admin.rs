@@ -1,6 +1,9 @@
 //! Admin HTTP: `GET /metrics` (Prometheus text) and `GET /healthz`, on the admin address
-//! only (127.0.0.1 by default), never on the public WebSocket port.
+//! only (127.0.0.1 by default), never on the public WebSocket port. `/healthz` answers 503
+//! while draining, and while publishers cannot reach crier through `--publish-socket`.
 
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,26 +11,39 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::metrics::Metrics;
-use crate::sockio::{recv_some, send_all};
+use crate::ops::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
+use crate::ops::metrics::Metrics;
+use crate::shard::sockio::{recv_some, send_all, send_now};
+use crate::ws::http;
 
-/// Serves admin requests until the process exits.
+/// Serves admin requests until the process exits. At most `MAX_ADMIN_CONNECTIONS` are
+/// served at once, so that a flood of admin connections cannot take the descriptors kept
+/// for publishers; past it a request gets a 503 straight away.
 pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
     let metrics = Rc::new(metrics);
+    let open = Rc::new(Cell::new(0usize));
+    let mut errors = AcceptErrors::default();
     loop {
         match listener.accept().await {
+            Ok((stream, _)) if open.get() >= MAX_ADMIN_CONNECTIONS => {
+                let _ = send_now(stream.as_raw_fd(), &busy());
+            }
             Ok((stream, _)) => {
-                let metrics = metrics.clone();
+                let (metrics, open) = (metrics.clone(), open.clone());
+                open.set(open.get() + 1);
                 monoio::spawn(async move {
                     let _ = monoio::time::timeout(Duration::from_secs(10), serve(stream, &metrics)).await;
+                    open.set(open.get() - 1);
                 });
             }
-            Err(e) => {
-                tracing::warn!("admin accept: {e}");
-                monoio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => errors.handle("admin", &e).await,
         }
     }
+}
+
+/// The answer when `MAX_ADMIN_CONNECTIONS` are already being served.
+fn busy() -> Vec<u8> {
+    http::response("503 Service Unavailable", "text/plain", &[], b"too many admin connections\n")
 }
 
 async fn serve(stream: TcpStream, metrics: &Metrics) {
@@ -46,11 +62,8 @@ async fn serve(stream: TcpStream, metrics: &Metrics) {
             _ => break ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         }
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = send_all(&stream, resp.as_bytes()).await;
+    let resp = http::response(status, ctype, &[], body.as_bytes());
+    let _ = send_all(&stream, &resp).await;
 }
 
 fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'static str, &'static str, String) {
@@ -65,7 +78,11 @@ fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'stat
         (Some("GET"), "/healthz") if metrics.redis.enabled.load(Relaxed) && !metrics.redis.up.load(Relaxed) => {
             ("503 Service Unavailable", "text/plain", "redis unavailable\n".into())
         }
-        (Some("GET"), "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), "/healthz") => match metrics.publish_socket_trouble.lock().ok().and_then(|t| t.clone()) {
+            // Publishers cannot reach this crier: not healthy, and the body says why.
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+            None => ("200 OK", "text/plain", "ok\n".into()),
+        },
         (Some("GET"), _) => ("404 Not Found", "text/plain", "not found: try /metrics or /healthz\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "use GET\n".into()),
     }

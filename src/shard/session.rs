@@ -1,0 +1,312 @@
+//! A connection's session: the upgrade (reading the request head, the 101 or a refusal),
+//! the read loop that acts on what the client sends, and the fast 503 for a client that
+//! finds the server full.
+//!
+//! A connection costs one task while idle (the read loop, parked on a readiness poll, with
+//! no read buffer of its own: bytes land in the shard's scratch buffer). Nothing here takes
+//! a lock or blocks.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use monoio::net::{TcpListener, TcpStream};
+
+use super::Shard;
+use super::conn::{Conn, State};
+use super::sockio::{recv, recv_some, send_all, send_now};
+use crate::ops::capacity::{AcceptErrors, REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
+use crate::ops::metrics::{CloseReason, RefuseReason};
+use crate::ws::frame::{MessageKind, close_code};
+use crate::ws::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
+use crate::ws::reader::{Event, ReaderLimits, Violation};
+
+/// Accepts WebSocket clients. Each socket takes a slot of the connection limit first (a
+/// client in its handshake holds a descriptor too); one that finds none is answered 503 at
+/// once, so a full server never leaves clients hanging in the backlog, and never lets the
+/// WebSocket side eat the descriptors reserved for publishers and the admin port.
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut errors = AcceptErrors::default();
+    let refusing = Rc::new(Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => match Slot::try_acquire(&shard.metrics) {
+                Some(slot) => {
+                    monoio::spawn(accept(shard.clone(), stream, slot));
+                }
+                None => refuse_full(&shard, stream, &refusing),
+            },
+            Err(e) => {
+                if shard.draining.get() || e.raw_os_error() == Some(libc::EINVAL) {
+                    break; // the listener was shut down for draining
+                }
+                errors.handle(&format!("shard {}", shard.id), &e).await;
+            }
+        }
+    }
+}
+
+enum HeadError {
+    /// The peer went away or the socket failed: nothing to answer.
+    Gone,
+    Refused(HandshakeError),
+}
+
+/// Reads a request head; returns the upgrade and any bytes the client sent after it.
+async fn read_head(shard: &Shard, stream: &TcpStream) -> Result<(handshake::Upgrade, Vec<u8>), HeadError> {
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).min(MAX_HEAD_BYTES + 1), 0);
+        }
+        match recv_some(stream, &mut buf[len..]).await {
+            Ok(0) | Err(_) => return Err(HeadError::Gone),
+            Ok(n) => len += n,
+        }
+        match handshake::parse_request(&buf[..len], &shard.handshake) {
+            Ok(Some((up, used))) => return Ok((up, buf[used..len].to_vec())),
+            Ok(None) => {}
+            Err(e) => return Err(HeadError::Refused(e)),
+        }
+    }
+}
+
+fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
+    Some(match e {
+        HandshakeError::NotFound => RefuseReason::NotFound,
+        HandshakeError::MethodNotAllowed => RefuseReason::MethodNotAllowed,
+        HandshakeError::UpgradeRequired | HandshakeError::BadVersion => RefuseReason::UpgradeRequired,
+        HandshakeError::BadRequest(_) => RefuseReason::BadRequest,
+        HandshakeError::HeadTooLarge => RefuseReason::HeaderTooLarge,
+        HandshakeError::OverCapacity => RefuseReason::OverCapacity,
+        HandshakeError::Draining => RefuseReason::Draining,
+        HandshakeError::ClientScript => return None,
+    })
+}
+
+/// Serves one accepted TCP connection: the upgrade, then (in a new, smaller task) the
+/// WebSocket read loop. `slot` was taken when the socket was accepted: a client still
+/// sending its request head holds a descriptor, so it counts against the limit already.
+pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shard.cfg.handshake_timeout;
+    let head = match monoio::time::timeout(timeout, read_head(&shard, &stream)).await {
+        Err(_) => return shard.refused(RefuseReason::HandshakeTimeout),
+        Ok(Err(HeadError::Gone)) => return,
+        Ok(Err(HeadError::Refused(e))) => return refuse(&shard, &stream, e).await,
+        Ok(Ok(head)) => head,
+    };
+    let (upgrade, leftover) = head;
+    if shard.draining.get() {
+        return refuse(&shard, &stream, HandshakeError::Draining).await;
+    }
+    let metrics = &shard.metrics;
+    metrics.open_connections.fetch_add(1, Relaxed);
+    let response = handshake::response_101(&upgrade);
+    match monoio::time::timeout(timeout, send_all(&stream, &response)).await {
+        Ok(Ok(())) => {}
+        _ => {
+            metrics.open_connections.fetch_sub(1, Relaxed);
+            return;
+        }
+    }
+    let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot));
+    shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
+    if !leftover.is_empty() {
+        // The client sent frames right behind its request head.
+        let mut leftover = leftover;
+        process(&shard, &conn, &mut leftover);
+    }
+    // A replay (since=/last=) goes out now, not with the next broadcast or sweep.
+    shard.flush_dirty();
+    monoio::spawn(read_loop(shard, conn));
+}
+
+/// Answers a client that arrived while every slot is taken (see `capacity`): a 503 with
+/// `Retry-After` (RFC 9110 §15.6.4, §10.2.3) written at once, without waiting for its
+/// request head, so a full server answers fast instead of leaving clients in the backlog.
+/// Then the write side is shut and the socket kept open for up to [`REFUSAL_LINGER`],
+/// discarding what the client sends, so that closing it does not send a reset that could
+/// destroy the 503 before the client reads it. At most [`REFUSALS_PER_SHARD`] refusals
+/// linger at once (`in_flight`); past that the socket is closed straight after the write.
+pub fn refuse_full(shard: &Shard, stream: TcpStream, in_flight: &Rc<Cell<usize>>) {
+    shard.refused(RefuseReason::OverCapacity);
+    // A fresh socket's send buffer takes the ~150 bytes whole.
+    let _ = send_now(stream.as_raw_fd(), &HandshakeError::OverCapacity.response());
+    // SAFETY: the fd is owned by `stream`, which is still open.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    if in_flight.get() >= REFUSALS_PER_SHARD {
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    let in_flight = in_flight.clone();
+    monoio::spawn(async move {
+        let _ = monoio::time::timeout(REFUSAL_LINGER, async {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = recv_some(&stream, &mut sink).await
+                && n > 0
+            {}
+        })
+        .await;
+        drop(stream);
+        in_flight.set(in_flight.get() - 1);
+    });
+}
+
+async fn refuse(shard: &Shard, stream: &TcpStream, e: HandshakeError) {
+    if let Some(reason) = refuse_reason(&e) {
+        shard.refused(reason);
+    }
+    let response = e.response();
+    let _ = monoio::time::timeout(shard.cfg.handshake_timeout, send_all(stream, &response)).await;
+}
+
+/// The connection's one long-lived task: wait for readability, read into the shard's
+/// scratch buffer, act on what arrived. Ends when the socket closes.
+async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let reason = loop {
+        if conn.stream().readable(false).await.is_err() {
+            break CloseReason::IoError;
+        }
+        if conn.aborted() {
+            // Cut off: what the peer still sends is not read (a client flooding us after a
+            // 1008 would otherwise keep this loop, and its socket, alive).
+            break match conn.state() {
+                State::Closing { reason, .. } => reason,
+                State::Open => CloseReason::IoError,
+            };
+        }
+        let result = {
+            let mut scratch = shard.scratch.borrow_mut();
+            match recv(conn.fd(), &mut scratch) {
+                Ok(0) => Err(None),
+                Ok(n) => {
+                    conn.seen(shard.now_ms());
+                    process(&shard, &conn, &mut scratch[..n]);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(_) => Err(Some(CloseReason::IoError)),
+            }
+        };
+        match result {
+            Ok(()) => shard.flush_dirty(),
+            Err(reason) => {
+                break match conn.state() {
+                    State::Closing { reason, .. } => reason,
+                    State::Open => reason.unwrap_or(CloseReason::Client),
+                };
+            }
+        }
+    };
+    shard.remove(&conn, reason);
+}
+
+/// Acts on bytes received: answers pings, checks messages, starts a close when needed.
+fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
+    let limits = ReaderLimits { max_message: shard.cfg.max_client_message_bytes, deflate: conn.deflate() };
+    let mut violation: Option<Violation> = None;
+    let mut peer_closed: Option<u16> = None;
+    // RFC 6455 §5.5.3: only the most recent ping needs its pong. Of the pings in this read,
+    // only the last is answered (one pong, one allocation, however many pings came); every
+    // pong asked for counts against --max-queue-bytes until the client has taken as much.
+    let mut ping = PingPayload::default();
+    let mut asked = 0usize;
+    let result = conn.reader().borrow_mut().feed(data, limits, &mut |event| match event {
+        Event::Ping(payload) => {
+            ping.replace(payload);
+            asked += pong_len(payload.len());
+            true
+        }
+        Event::Pong => true,
+        Event::Close(code) => {
+            peer_closed = Some(code.map_or(close_code::NORMAL, |(c, _)| c));
+            false
+        }
+        Event::Message { kind, compressed, payload } => {
+            shard.stats().client_messages.fetch_add(1, Relaxed);
+            match check_message(shard, kind, compressed, payload) {
+                Ok(()) => true,
+                Err(v) => {
+                    violation = Some(v);
+                    false
+                }
+            }
+        }
+    });
+    if let Some(v) = result.err().or(violation) {
+        shard.close(conn, v.code, v.reason, v.close_reason, true);
+        return;
+    }
+    // Before a close reply below: the pong answers a ping that came before the close.
+    if let Some(payload) = ping.get()
+        && conn.is_open()
+    {
+        shard.enqueue_pong(conn, payload, asked);
+    }
+    if let Some(code) = peer_closed {
+        match conn.state() {
+            // §5.5.1: answer a close with a close (echoing the code), then close TCP.
+            // `FrameReader` has already refused codes a peer may not send.
+            State::Open => shard.close(conn, code, "", CloseReason::Client, false),
+            // The reply to our own close: we are done.
+            State::Closing { .. } => conn.abort(),
+        }
+    }
+}
+
+/// The payload of the latest ping of one read, kept on the stack (a control frame's payload
+/// is at most 125 bytes, RFC 6455 §5.5; `FrameReader` refuses longer ones).
+struct PingPayload {
+    len: Option<usize>,
+    buf: [u8; 125],
+}
+
+impl Default for PingPayload {
+    fn default() -> Self {
+        Self { len: None, buf: [0; 125] }
+    }
+}
+
+impl PingPayload {
+    /// Keeps `payload` in place of the previous one (cut to 125 bytes, which the reader
+    /// already guarantees).
+    fn replace(&mut self, payload: &[u8]) {
+        let n = payload.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&payload[..n]);
+        self.len = Some(n);
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.len.map(|n| &self.buf[..n])
+    }
+}
+
+/// Bytes of the pong answering a ping with `payload` bytes of payload (≤ 125: a 2-byte
+/// header, and a server does not mask).
+fn pong_len(payload: usize) -> usize {
+    2 + payload
+}
+
+/// Inflates (if compressed) and checks a client's data message; the content is discarded.
+fn check_message(shard: &Shard, kind: MessageKind, compressed: bool, payload: &[u8]) -> Result<(), Violation> {
+    let cap = shard.cfg.max_client_message_bytes;
+    let mut inflater = shard.inflater.borrow_mut();
+    let data = if compressed {
+        inflater.inflate(payload, cap).map_err(|e| match e {
+            crate::ws::deflate::InflateError::TooBig => Violation::too_big("message too big after inflating"),
+            crate::ws::deflate::InflateError::Corrupt => {
+                Violation::bad_compression("message is not valid DEFLATE data")
+            }
+        })?
+    } else {
+        payload
+    };
+    if kind == MessageKind::Text && std::str::from_utf8(data).is_err() {
+        return Err(Violation::invalid_utf8("text message is not valid UTF-8"));
+    }
+    Ok(())
+}
