@@ -45,7 +45,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let signals = install_signal_handlers()?;
     let nofile = raise_nofile();
     let metrics = Arc::new(Metrics::new(cfg.shards));
-    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards)?;
+    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards, cfg.redis.is_some())?;
     log_budget(&budget);
     metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
