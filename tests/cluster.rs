@@ -674,3 +674,164 @@ fn nginx_three_nodes_kill_one_nothing_lost() {
     }
     assert!(came_back as f64 >= per_node[2], "the killed node's clients reconnected ({came_back})");
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 9's bounds hold in cluster mode too.
+// ---------------------------------------------------------------------------------------
+
+/// `--publish-timeout` through Redis: a publisher stuck in the middle of a command is
+/// answered and disconnected; one idle between commands is not, and the wait for Redis's
+/// answers never counts against a publisher.
+#[test]
+fn publish_timeout_applies_through_redis() {
+    let redis = Redis::start();
+    let s = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url(), "--publish-timeout", "1s"]).start();
+    wait_redis_up(&s);
+    let mut sub = env_ws(&s, "/ws?channels=a");
+    wait_conns(&s, 1);
+    let mut idle = s.publisher();
+    assert_eq!(idle.publish("a", b"first", false), 1, "numbered by Redis");
+    let t = std::time::Instant::now();
+    let mut stuck = s.publisher();
+    stuck.send(b"PUB a 10\r\nhel").unwrap();
+    let line = stuck.expect_line();
+    assert!(line.starts_with("-ERR ") && line.contains("publish-timeout"), "{line:?}");
+    assert!(t.elapsed() >= Duration::from_secs(1), "timed out before --publish-timeout");
+    stuck.expect_closed();
+    s.wait_metric("crier_publish_errors_total", &[("reason", "timeout")], IO_TIMEOUT, "1", |v| v == 1.0);
+    // Idle for longer than the timeout between commands (since before `t`): still served,
+    // through Redis.
+    assert_eq!(idle.publish("a", b"still here", false), 2);
+    let got: Vec<String> = (0..2).map(|_| next_env(&mut sub).payload).collect();
+    assert_eq!(got, vec!["first", "still here"]);
+    // A pipelined batch whose answers take Redis round trips is not a stuck command.
+    let mut batch = Vec::new();
+    for i in 0..2000 {
+        batch.extend_from_slice(&pub_command("a", format!("b{i}").as_bytes(), None));
+    }
+    idle.send(&batch).unwrap();
+    for i in 0..2000u64 {
+        assert_eq!(idle.expect_line(), format!("+OK {}", i + 3));
+    }
+    assert_eq!(s.metric0("crier_publish_errors_total", &[("reason", "timeout")]), 1.0);
+}
+
+/// The publisher cap holds in cluster mode: 128 publishers are served, one more is told so
+/// and closed, and the others keep publishing through Redis.
+#[test]
+fn max_publishers_cap_applies_in_cluster_mode() {
+    let redis = Redis::start();
+    let s = node(&redis);
+    let mut sub = env_ws(&s, "/ws?channels=c");
+    wait_conns(&s, 1);
+    let mut served: Vec<Publisher> = (0..128).map(|_| s.publisher()).collect();
+    s.wait_metric("crier_publishers", &[], IO_TIMEOUT, "128", |v| v == 128.0);
+    let mut extra = s.publisher();
+    assert_eq!(extra.expect_line(), "-ERR too many publishers: 128 connected");
+    extra.expect_closed();
+    assert_eq!(s.metric0("crier_publish_errors_total", &[("reason", "too_many_publishers")]), 1.0);
+    for (i, p) in served.iter_mut().enumerate() {
+        assert_eq!(p.publish("c", format!("p{i}").as_bytes(), false), i as u64 + 1);
+    }
+    for i in 0..128 {
+        assert_eq!(next_env(&mut sub).payload, format!("p{i}"));
+    }
+}
+
+/// Publishers take turns through Redis: one flooding a pipelined backlog does not hold back
+/// another's message, nothing is lost, and memory stays bounded.
+#[test]
+fn flooding_publisher_does_not_hold_back_another_through_redis() {
+    use std::io::{BufRead, BufReader, Write};
+    const FLOOD: usize = 12_000;
+    let redis = Redis::start();
+    let s = ServerBuilder::new(Driver::Epoll)
+        .args(["--redis", &redis.url(), "--max-queue-bytes", "64MiB", "--history-messages", "20000"])
+        .start();
+    wait_redis_up(&s);
+    let mut sub = s.ws("/ws?channels=c");
+    wait_conns(&s, 1);
+    let rss_before = s.rss_bytes();
+    let filler = "x".repeat(200);
+    let mut backlog = Vec::with_capacity(FLOOD * 250);
+    for i in 0..FLOOD {
+        let payload = if i == FLOOD - 1 { "LAST".to_string() } else { format!("f{i:07} {filler}") };
+        backlog.extend_from_slice(&pub_command("c", payload.as_bytes(), None));
+    }
+    let flood = std::os::unix::net::UnixStream::connect(&s.publish).unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let reader = {
+        let stream = flood.try_clone().unwrap();
+        std::thread::spawn(move || {
+            stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut r = BufReader::new(stream);
+            let (mut line, mut ok) = (String::new(), 0);
+            while ok < FLOOD {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.starts_with("+OK ") => ok += 1,
+                    Ok(_) => panic!("flood publisher got {line:?}"),
+                }
+                if ok == 1 {
+                    let _ = first_tx.send(());
+                }
+            }
+            ok
+        })
+    };
+    let mut fair = s.publisher();
+    assert_eq!(fair.publish("other", b"warm-up", false), 1);
+    let mut writer = flood.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&backlog).map(|_| ()));
+    first_rx.recv_timeout(IO_TIMEOUT).expect("the flood's first +OK");
+    let seq = fair.publish("c", b"FAIR", false);
+    assert!((seq as usize) < FLOOD, "the second publisher's message was numbered after the whole flood (seq {seq})");
+    let mut fair_at = None;
+    for got in 1..=FLOOD + 1 {
+        let m = sub.recv(Duration::from_secs(30)).unwrap_or_else(|e| panic!("after {got} messages: {e:?}"));
+        match m.text() {
+            "FAIR" => fair_at = Some(got),
+            "LAST" => assert!(fair_at.is_some(), "the flood's last message arrived before the second publisher's"),
+            _ => {}
+        }
+    }
+    assert_eq!(fair_at, Some(seq as usize), "delivered in Redis's seq order");
+    sender.join().unwrap().unwrap();
+    assert_eq!(reader.join().unwrap(), FLOOD, "every flood command answered +OK");
+    let grown = s.rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "RSS grew by {grown} bytes during the flood");
+}
+
+/// The descriptor reserve holds the cluster thread's Redis connections: with the same
+/// RLIMIT_NOFILE a cluster node's limit is 8 below a single box's, and with the WebSocket
+/// side full the node still reconnects to a restarted Redis and publishes through it.
+#[test]
+fn descriptor_reserve_holds_the_redis_connections() {
+    const NOFILE: u64 = 480;
+    fn limit(s: &Server) -> usize {
+        s.metric("crier_max_connections", &[]).expect("crier_max_connections") as usize
+    }
+    let single = ServerBuilder::new(Driver::Epoll).start_with_nofile(NOFILE);
+    let single_limit = limit(&single);
+    drop(single);
+    let mut redis = Redis::start();
+    let s = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url()]).start_with_nofile(NOFILE);
+    wait_redis_up(&s);
+    let cluster_limit = limit(&s);
+    assert_eq!(single_limit - cluster_limit, 8, "the cluster thread's descriptors are in the reserve");
+    // Fill the WebSocket side.
+    let mut subs: Vec<WsClient> = (0..cluster_limit).map(|_| s.ws("/ws?channels=news")).collect();
+    s.wait_connections(cluster_limit);
+    redis.kill();
+    wait_until(Duration::from_secs(10), "crier_redis_up 0", || s.metric("crier_redis_up", &[]) == Some(0.0));
+    redis.spawn();
+    wait_redis_up(&s);
+    let mut p = s.publisher();
+    assert_eq!(p.publish("news", b"after", false), 1, "a new epoch after Redis lost everything");
+    for (i, c) in subs.iter_mut().enumerate() {
+        let m = c.recv(IO_TIMEOUT).unwrap_or_else(|e| panic!("subscriber {i}: {e:?}"));
+        assert_eq!(m.text(), "after");
+    }
+    assert!(s.open_fds() <= NOFILE as usize, "{} descriptors", s.open_fds());
+}
