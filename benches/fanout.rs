@@ -47,6 +47,7 @@ fn fanout(c: &mut Criterion) {
         let b = std::sync::Arc::new(Broadcast {
             channel: ChannelName::parse(channel).unwrap(),
             seq: 1,
+            epoch: 1,
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, &[b'x'; 256], false),
             deflated: None,

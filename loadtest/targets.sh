@@ -9,6 +9,9 @@
 #   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port (--listen-shared), 2 msg/s
 #   loadtest/targets.sh storm         19,000 connections drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
+#   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
+#                                     (--redis); the `latency` numbers to compare: CONNECTIONS=1000 with REDIS=0
+#   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers
 #
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
 # variables (e.g. CRIER_FLUSH_DELAY=50ms). Every run is bounded in count and time.
@@ -29,6 +32,32 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# start_redis: a throw-away redis-server (no persistence) on CPU 1 next to crier-load, for the
+# cluster targets; sets redis_url.
+start_redis() {
+    local rport=${REDIS_PORT:-16379}
+    taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+        >"$work/redis.log" 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 200); do
+        [ "$(redis-cli -p "$rport" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.05
+    done
+    redis_url="redis://127.0.0.1:$rport/"
+}
+
+# wait_redis_up NAME: polls crier NAME's /metrics until its cluster thread is connected.
+wait_redis_up() {
+    local admin
+    admin=$(sed -n 's/.*ready ws=[^ ]* admin=\([^ ]*\) .*/\1/p' "$work/$1.log")
+    for _ in $(seq 200); do
+        curl -fsS "http://$admin/metrics" | grep -q '^crier_redis_up 1' && return 0
+        sleep 0.05
+    done
+    echo "crier $1 did not connect to Redis" >&2
+    exit 1
+}
 
 # start_crier NAME [crier serve args]: starts one crier on CPU 0 and waits for its ready line.
 start_crier() {
@@ -107,6 +136,26 @@ multiproc)
     done
     "$load" --url "$url" -n 100000 --procs 6 --src-ips 8 --connect-rate 2000 --rate 2 --size 256 \
         --duration 30s "${sockets[@]}" "${servers[@]}" --pin-cpu 1 "$@"
+    ;;
+cluster-latency)
+    redis=()
+    if [ "${REDIS:-1}" != 0 ]; then
+        start_redis
+        redis=(--redis "$redis_url")
+    fi
+    start_crier a --max-connections 19500 "${redis[@]}"
+    [ "${#redis[@]}" -gt 0 ] && wait_redis_up a
+    "$load" --url "$url" -n "${CONNECTIONS:-1000}" --connect-rate 5000 --rate 100 --size 256 --duration 20s \
+        --publish-socket "$work/a.sock" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
+    counters a
+    ;;
+cluster-rate)
+    start_redis
+    start_crier a --max-connections 19500 --redis "$redis_url"
+    wait_redis_up a
+    "$load" --url "$url" -n 10 --connect-rate 5000 --rate "${RATE:-50000}" --size 256 --duration 10s \
+        --publish-socket "$work/a.sock" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
+    counters a
     ;;
 *)
     echo "unknown target '$target'" >&2

@@ -232,6 +232,23 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: String,
 
+    // ---- cluster mode (src/cluster/); without --redis none of these is used ----
+    /// Cluster mode: join the other crier nodes through this Redis
+    /// (`redis://[user:pass@]host:port[/db]`). Publishes are numbered by Redis and reach
+    /// every node. [default: off, a single box]
+    #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Namespace of crier's keys and pub/sub channels in Redis, so several crier clusters
+    /// can share one Redis.
+    #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// How long Redis keeps a quiet channel's epoch and sequence number (refreshed by every
+    /// publish). Past it the channel starts a new epoch and resuming clients get `reset`.
+    #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub redis_meta_ttl: Duration,
+
     /// TEST ONLY, and only in debug builds (a release build has no such flag): `N@DURATION`
     /// makes shard N block its thread for good DURATION after it starts, as a wedged shard
     /// would, so tests/watchdog.rs can check that WATCHDOG=1 then stops. Hidden from --help
@@ -273,6 +290,22 @@ pub struct PublishArgs {
     pub lines: bool,
     /// The message; `-` or nothing reads it from stdin.
     pub message: Option<String>,
+    /// Publish straight through this Redis (cluster mode) instead of a local crier's
+    /// socket; the nodes of that cluster deliver it.
+    #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// With --redis: the cluster's --redis-prefix.
+    #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
+    pub redis_prefix: String,
+    /// With --redis: the nodes' --history-messages (length of each channel's stream).
+    #[arg(long, env = "CRIER_HISTORY_MESSAGES", default_value = "64", value_name = "N")]
+    pub history_messages: usize,
+    /// With --redis: the nodes' --history-ttl.
+    #[arg(long, env = "CRIER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub history_ttl: Duration,
+    /// With --redis: the nodes' --redis-meta-ttl.
+    #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub redis_meta_ttl: Duration,
 }
 
 /// The validated server configuration.
@@ -312,6 +345,8 @@ pub struct Config {
     pub notify_socket: Option<OsString>,
     /// systemd watchdog interval (WATCHDOG_USEC), if set.
     pub watchdog: Option<Duration>,
+    /// Cluster mode (`--redis`); `None` is the single box.
+    pub redis: Option<crate::cluster::RedisConfig>,
     /// Test only (debug builds): the shard to wedge (see `ServeArgs::debug_wedge_shard`).
     #[cfg(debug_assertions)]
     pub debug_wedge_shard: Option<Wedge>,
@@ -492,6 +527,20 @@ impl ServeArgs {
         if socket_send_buffer.is_some_and(|b| b < 1024) {
             return err("--socket-send-buffer must be at least 1KiB".into());
         }
+        // Cluster mode: the URL and prefix are checked here so a typo stops start-up.
+        let redis = match &self.redis {
+            None => None,
+            Some(url) => Some(
+                crate::cluster::RedisConfig::new(
+                    url,
+                    &self.redis_prefix,
+                    self.history_messages,
+                    self.history_ttl,
+                    self.redis_meta_ttl,
+                )
+                .map_err(ConfigError)?,
+            ),
+        };
         let log_filter =
             std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| self.log_level.clone());
         let watchdog = std::env::var("WATCHDOG_USEC")
@@ -533,6 +582,7 @@ impl ServeArgs {
             log_filter,
             notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog,
+            redis,
             #[cfg(debug_assertions)]
             debug_wedge_shard: self.debug_wedge_shard,
         })

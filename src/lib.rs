@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. The binary (`main.rs`) only dispatches subcommands.
 
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod ops;

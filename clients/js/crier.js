@@ -16,7 +16,9 @@
 //   (a random delay in [0, min(cap, base * 2^attempt)]), so that a crowd of clients cut at
 //   the same moment does not come back in the same second; the attempt count starts
 //   again after a connection that stayed up for `stableMs`;
-// - resumes with `since=<epoch>:<seq>,<seq>…` (channels in the order given), so the server
+// - resumes with `since=<epoch>:<seq>,<seq>…` (channels in the order given; each item as
+//   `<epoch>:<seq>` once a connection has shown channels in different epochs, as crier's
+//   cluster mode does), so the server
 //   replays what was missed, then continues live, each message exactly once;
 // - reports, as events, what cannot be replayed: `gap` (those messages are gone from the
 //   server's history) and `reset` (the server restarted: sequence numbers start afresh).
@@ -77,6 +79,9 @@ export class CrierClient extends EventTarget {
     this.epoch = null;
     /** @type {Map<string, {epoch: string, seq: number}>} per channel: last delivered */
     this._pos = new Map();
+    /** Set once a connection showed channels in different epochs (cluster mode). */
+    this._perChannelEpochs = false;
+    this._connEpoch = null;
     this._ws = null;
     this._timer = null;
     this._attempt = 0;
@@ -115,6 +120,7 @@ export class CrierClient extends EventTarget {
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
+    this._connEpoch = null;
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._openedAt = Date.now();
@@ -160,10 +166,18 @@ export class CrierClient extends EventTarget {
     if (this.channels.length) q.push(`channels=${this.channels.join(",")}`);
     let resumed = false;
     if (this.epoch !== null && this.channels.length) {
-      // A channel known only under an older epoch (or not at all) restarts from 0: the
-      // server then replays all it holds for it.
-      const seqs = this.channels.map((c) => this.lastSeq(c));
-      q.push(`since=${this.epoch}:${seqs.join(",")}`);
+      const known = this.channels.map((c) => this._pos.get(c));
+      if (!this._perChannelEpochs) {
+        // One epoch for all (a single box): a channel not known yet, or known only under
+        // an older epoch, starts from 0, and the server replays all it holds for it.
+        const seqs = this.channels.map((c) => this.lastSeq(c));
+        q.push(`since=${this.epoch}:${seqs.join(",")}`);
+      } else {
+        // Cluster mode: each channel has its own epoch, so each item names it
+        // (`<epoch>:<seq>`); the server answers a stale one with a reset.
+        const items = known.map((p) => (p ? `${p.epoch}:${p.seq}` : `${this.epoch}:0`));
+        q.push(`since=${items.join(",")}`);
+      }
       resumed = true;
     } else if (this.last > 0) {
       q.push(`last=${this.last}`);
@@ -231,6 +245,7 @@ export class CrierClient extends EventTarget {
   // Bring `channel` to `epoch`: a channel known under another epoch gets a reset first
   // (in case the server's own reset notice was lost with a connection).
   _enterEpoch(channel, epoch) {
+    this._sawEpoch(epoch);
     this.epoch = epoch;
     const p = this._pos.get(channel);
     if (p && p.epoch !== epoch) {
@@ -257,7 +272,15 @@ export class CrierClient extends EventTarget {
     this._emit("gap", { channel, from, to, epoch });
   }
 
+  // One connection showing two epochs means cluster mode (each channel has its own);
+  // from then on resumes name each channel's epoch.
+  _sawEpoch(epoch) {
+    if (this._connEpoch !== null && this._connEpoch !== epoch) this._perChannelEpochs = true;
+    this._connEpoch = epoch;
+  }
+
   _onReset(channel, epoch) {
+    this._sawEpoch(epoch);
     this.epoch = epoch;
     this._pos.set(channel, { epoch, seq: 0 });
     this._emit("reset", { channel, epoch });

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::epoch;
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::{self, Frame, MessageKind};
@@ -18,6 +17,9 @@ use crate::ws::frame::{self, Frame, MessageKind};
 pub struct Broadcast {
     pub channel: ChannelName,
     pub seq: u64,
+    /// The epoch `seq` belongs to: [`super::epoch()`] on a single box, the channel's Redis epoch
+    /// in cluster mode.
+    pub epoch: u64,
     pub kind: MessageKind,
     /// The complete frame for connections without compression.
     pub plain: Frame,
@@ -37,6 +39,32 @@ pub struct Enveloped {
 }
 
 impl Broadcast {
+    /// Encodes a message once, compressed with `compress` (at most once) only when some
+    /// connection negotiated permessage-deflate. The hub builds every live message so; in
+    /// cluster mode a shard also builds, with its own compressor (`ShardEncoder`), the
+    /// messages a resume had to read back from Redis, which this node never saw live.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        metrics: &Metrics,
+        compress: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        published_at: Instant,
+    ) -> Self {
+        let plain = frame::encode_data(kind, payload, false);
+        metrics.frames_encoded.fetch_add(1, Relaxed);
+        let deflated = if metrics.deflate_connections.load(Relaxed) > 0 {
+            metrics.compressions.fetch_add(1, Relaxed);
+            compress(payload).map(|z| frame::encode_data(kind, &z, true))
+        } else {
+            None
+        };
+        Self { channel, seq, epoch, kind, plain, deflated, enveloped: None, published_at }
+    }
+
     /// The payload as published (a view into the plain frame, not a copy).
     pub fn payload(&self) -> Bytes {
         payload_of(&self.plain)
@@ -47,7 +75,7 @@ impl Broadcast {
     /// calls it before sharing the broadcast, a shard for its own copy (`ShardFrames`).
     pub fn build_envelope(&self, metrics: &Metrics, compress: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> Enveloped {
         let payload = self.payload();
-        let mut body = format!("m {} {} {}\n", self.channel, self.seq, epoch()).into_bytes();
+        let mut body = format!("m {} {} {}\n", self.channel, self.seq, self.epoch).into_bytes();
         body.extend_from_slice(&payload);
         metrics.frames_encoded.fetch_add(1, Relaxed);
         let deflated = if metrics.deflate_connections.load(Relaxed) > 0 {
@@ -89,6 +117,7 @@ mod tests {
         let b = Arc::new(Broadcast {
             channel: ChannelName::parse("flights").unwrap(),
             seq: 7,
+            epoch: 1,
             kind: MessageKind::Text,
             plain: frame::encode_data(MessageKind::Text, b"gate B32 gate B32 gate B32", false),
             deflated: None,

@@ -5,6 +5,10 @@
 //! connection negotiated permessage-deflate and only if it shrinks), wraps the result in an
 //! `Arc<Broadcast>` and hands that one value to every shard's queue. It never touches a
 //! socket and never copies a payload per shard or per connection.
+//!
+//! In cluster mode (`--redis`) the hub numbers nothing: Redis does, and the cluster thread
+//! hands the hub each message with its seq and epoch ([`Hub::deliver`]); from there the
+//! path is the same.
 
 mod broadcast;
 
@@ -18,10 +22,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::deflate::Compressor;
-use crate::ws::frame::{self, MessageKind};
+use crate::ws::frame::MessageKind;
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.
+/// Single box only: in cluster mode each channel's epoch comes from Redis
+/// ([`Broadcast::epoch`]).
 pub fn epoch() -> u64 {
     static EPOCH: OnceLock<u64> = OnceLock::new();
     *EPOCH.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64))
@@ -64,7 +70,26 @@ impl Hub {
                 1
             }
         };
-        let mut broadcast = self.encode(channel, seq, kind, payload, published_at);
+        // Counted here, not in deliver: in cluster mode a node counts the publishes it
+        // answered +OK (in cluster::splice_replies), not every message Redis sends it.
+        self.metrics.messages_published.fetch_add(1, Relaxed);
+        self.deliver(channel, seq, epoch(), kind, payload, published_at);
+        seq
+    }
+
+    /// Encodes and fans out a message that already has its seq and epoch: every publish on
+    /// a single box, and in cluster mode every message the cluster thread received from
+    /// Redis (already in seq order per channel).
+    pub fn deliver(
+        &mut self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        published_at: Instant,
+    ) {
+        let mut broadcast = self.encode(channel, seq, epoch, kind, payload, published_at);
         if self.metrics.envelope_connections.load(Relaxed) > 0 {
             // Built here, before the broadcast is shared, so no shard ever waits on another
             // for it; a shard builds its own only for broadcasts from before its first
@@ -73,25 +98,24 @@ impl Hub {
             broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
         let broadcast = Arc::new(broadcast);
-        self.metrics.messages_published.fetch_add(1, Relaxed);
         for shard in &self.shards {
             // A shard that has exited (only during shutdown) just misses the message.
             let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
         }
-        seq
     }
 
     /// Encodes once and compresses at most once.
-    fn encode(&mut self, channel: ChannelName, seq: u64, kind: MessageKind, payload: &[u8], at: Instant) -> Broadcast {
-        let plain = frame::encode_data(kind, payload, false);
-        self.metrics.frames_encoded.fetch_add(1, Relaxed);
-        let deflated = if self.metrics.deflate_connections.load(Relaxed) > 0 {
-            self.metrics.compressions.fetch_add(1, Relaxed);
-            self.compressor.compress(payload).map(|z| frame::encode_data(kind, &z, true))
-        } else {
-            None
-        };
-        Broadcast { channel, seq, kind, plain, deflated, enveloped: None, published_at: at }
+    fn encode(
+        &mut self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        at: Instant,
+    ) -> Broadcast {
+        let compressor = &mut self.compressor;
+        Broadcast::encode(&self.metrics, |p| compressor.compress(p), channel, seq, epoch, kind, payload, at)
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].

@@ -73,6 +73,11 @@ fn route(method: Option<&str>, path: Option<&str>, metrics: &Metrics) -> (&'stat
         (Some("GET"), "/healthz") if metrics.draining.load(Relaxed) => {
             ("503 Service Unavailable", "text/plain", "draining\n".into())
         }
+        // Cluster mode: without Redis this node can neither accept publishes nor receive
+        // any, so it is not ready (its subscribers stay connected).
+        (Some("GET"), "/healthz") if metrics.redis.enabled.load(Relaxed) && !metrics.redis.up.load(Relaxed) => {
+            ("503 Service Unavailable", "text/plain", "redis unavailable\n".into())
+        }
         (Some("GET"), "/healthz") => match metrics.publish_socket_trouble.lock().ok().and_then(|t| t.clone()) {
             // Publishers cannot reach this crier: not healthy, and the body says why.
             Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),

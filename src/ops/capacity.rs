@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 
 use crate::ops::metrics::Metrics;
 
+/// Cluster mode (`--redis`): the `crier-cluster` thread's descriptors. Its tokio runtime
+/// holds an epoll and an eventfd, and a Redis session two sockets (commands, pub/sub);
+/// while a broken session's sockets close, the next one may already be connecting, and
+/// resolving the host may open one more. A running cluster node holds 5 more than a single
+/// box (measured: 23 against 18 with 2 shards); the rest is margin.
+pub const CLUSTER: usize = 8;
 /// Descriptors crier holds whatever its load: stdin/stdout/stderr, the publisher and admin
 /// listeners, the signal pipe, the control thread's epoll and eventfd, systemd's
 /// notification socket. A running crier holds 11 plus 3 per shard; the rest is margin.
@@ -38,10 +44,16 @@ const MIN_CONNECTIONS: usize = 16;
 
 /// Descriptors kept out of the WebSocket side's reach for `shards` shards: crier's own, the
 /// publishers', the admin port's, and the refusals' (plus one per accept loop for the
-/// socket it is closing at that moment). History replays and the drain run on sockets that
-/// are already open and need none of their own.
-pub fn reserve(shards: usize) -> usize {
-    FIXED + PER_SHARD * shards + (MAX_PUBLISHERS + 1) + (MAX_ADMIN_CONNECTIONS + 1) + (REFUSALS_PER_SHARD + 1) * shards
+/// socket it is closing at that moment), and in cluster mode the cluster thread's
+/// ([`CLUSTER`]). History replays and the drain run on sockets that are already open and
+/// need none of their own; a resume read from Redis uses the cluster thread's connection.
+pub fn reserve(shards: usize, cluster: bool) -> usize {
+    FIXED
+        + PER_SHARD * shards
+        + (MAX_PUBLISHERS + 1)
+        + (MAX_ADMIN_CONNECTIONS + 1)
+        + (REFUSALS_PER_SHARD + 1) * shards
+        + if cluster { CLUSTER } else { 0 }
 }
 
 /// The limit in force and how it was reached.
@@ -71,13 +83,14 @@ impl Budget {
 
 /// The effective limit: `--max-connections`, lowered to what RLIMIT_NOFILE holds after the
 /// reserve. Fails when the descriptor limit cannot hold even a handful of connections.
-pub fn budget(configured: usize, nofile: u64, shards: usize) -> Result<Budget, String> {
-    let reserve = reserve(shards);
+pub fn budget(configured: usize, nofile: u64, shards: usize, cluster: bool) -> Result<Budget, String> {
+    let reserve = reserve(shards, cluster);
     let mut b = Budget { limit: configured, configured, nofile, reserve };
     let room = b.room();
     if room < MIN_CONNECTIONS {
         return Err(format!(
-            "RLIMIT_NOFILE {nofile} is too low: crier keeps {reserve} descriptors for itself, publishers, the admin port and refusals ({shards} shards) and needs room for at least {MIN_CONNECTIONS} connections; raise LimitNOFILE= in the systemd unit or the nofile limit (tuning/limits.d/90-crier.conf)"
+            "RLIMIT_NOFILE {nofile} is too low: crier keeps {reserve} descriptors for itself, publishers, the admin port, refusals ({shards} shards){} and needs room for at least {MIN_CONNECTIONS} connections; raise LimitNOFILE= in the systemd unit or the nofile limit (tuning/limits.d/90-crier.conf)",
+            if cluster { " and the Redis connections of --redis" } else { "" }
         ));
     }
     b.limit = configured.min(room);
@@ -132,24 +145,29 @@ mod tests {
 
     #[test]
     fn configured_limit_when_it_fits() {
-        let b = budget(1000, 20_000, 2).unwrap();
+        let b = budget(1000, 20_000, 2, false).unwrap();
         assert_eq!(b.limit, 1000);
         assert!(!b.derived());
     }
 
     #[test]
     fn derived_from_the_descriptor_limit() {
-        let b = budget(100_000, 20_000, 2).unwrap();
-        assert_eq!(b.limit, 20_000 - reserve(2));
+        let b = budget(100_000, 20_000, 2, false).unwrap();
+        assert_eq!(b.limit, 20_000 - reserve(2, false));
+        // Cluster mode keeps the cluster thread's descriptors back too.
+        let c = budget(100_000, 20_000, 2, true).unwrap();
+        assert_eq!(c.limit, 20_000 - reserve(2, false) - CLUSTER);
         assert!(b.derived());
         // The reserve leaves the load tests' 19,500 on one shard under this machine's 20,000.
-        assert!(budget(19_500, 20_000, 1).is_ok_and(|b| !b.derived()));
+        assert!(budget(19_500, 20_000, 1, false).is_ok_and(|b| !b.derived()));
     }
 
     #[test]
     fn refuses_a_limit_that_holds_nothing() {
-        let e = budget(100_000, reserve(2) as u64 + 3, 2).unwrap_err();
+        let e = budget(100_000, reserve(2, false) as u64 + 3, 2, false).unwrap_err();
         assert!(e.contains("RLIMIT_NOFILE"), "{e}");
+        let e = budget(100_000, reserve(2, true) as u64 + 3, 2, true).unwrap_err();
+        assert!(e.contains("--redis"), "{e}");
     }
 
     #[test]

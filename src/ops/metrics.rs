@@ -72,6 +72,7 @@ labelled!(
         ShuttingDown => "shutting_down",
         Timeout => "timeout",
         TooManyPublishers => "too_many_publishers",
+        RedisUnavailable => "redis_unavailable",
     }
 );
 
@@ -132,6 +133,47 @@ pub struct Metrics {
     pub publish_socket_recreated: AtomicU64,
     /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
     epoch: Instant,
+    /// Cluster mode (written by the cluster thread; rendered only with --redis).
+    pub redis: RedisMetrics,
+}
+
+/// Counters of cluster mode (`--redis`).
+pub struct RedisMetrics {
+    pub enabled: AtomicBool,
+    /// A session (command and pub/sub connection) is up.
+    pub up: AtomicBool,
+    pub reconnects: AtomicU64,
+    /// Messages read back from streams to fill gaps (after a seq jump or a reconnect).
+    pub repaired: AtomicU64,
+    /// Messages a repair needed that Redis no longer held.
+    pub unrepairable: AtomicU64,
+    /// Messages a resume read from Redis because this node's history did not hold them.
+    pub resume_fetched: AtomicU64,
+    pub probes_failed: AtomicU64,
+    /// Round trip of publish script calls, in µs, one sample per message.
+    pub publish_latency: Mutex<Option<Histogram<u64>>>,
+}
+
+impl RedisMetrics {
+    fn new() -> Self {
+        Self {
+            enabled: AtomicBool::new(false),
+            up: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            unrepairable: AtomicU64::new(0),
+            resume_fetched: AtomicU64::new(0),
+            probes_failed: AtomicU64::new(0),
+            publish_latency: Mutex::new(None),
+        }
+    }
+
+    /// One script call of `messages` messages took `rtt`.
+    pub fn record_publish(&self, rtt: std::time::Duration, messages: u64) {
+        if let Ok(mut h) = self.publish_latency.lock() {
+            let _ = h.get_or_insert_with(new_latency_histogram).record_n((rtt.as_micros() as u64).max(1), messages);
+        }
+    }
 }
 
 /// A fresh latency histogram: 1 µs to 1 hour, 3 significant digits.
@@ -163,6 +205,7 @@ impl Metrics {
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
             epoch: Instant::now(),
+            redis: RedisMetrics::new(),
         }
     }
 
@@ -313,15 +356,7 @@ impl Metrics {
                 let _ = total.add(h);
             }
         }
-        for b in LATENCY_BUCKETS {
-            let us = (b * 1e6) as u64;
-            let count = if total.is_empty() { 0 } else { total.count_between(0, us) };
-            let _ = writeln!(o, "crier_delivery_latency_seconds_bucket{{le=\"{b}\"}} {count}");
-        }
-        let _ = writeln!(o, "crier_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}", total.len());
-        let sum = total.mean() * total.len() as f64 / 1e6;
-        let _ = writeln!(o, "crier_delivery_latency_seconds_sum {sum}");
-        let _ = writeln!(o, "crier_delivery_latency_seconds_count {}", total.len());
+        render_histogram(&mut o, "crier_delivery_latency_seconds", &total);
 
         head(&mut o, "crier_replays_total", "counter", "Connections that got history replayed (since= or last=).");
         let _ = writeln!(o, "crier_replays_total {}", self.replays.load(Relaxed));
@@ -342,8 +377,69 @@ impl Metrics {
         }
         head(&mut o, "crier_draining", "gauge", "1 while shutting down.");
         let _ = writeln!(o, "crier_draining {}", u8::from(self.draining.load(Relaxed)));
+        if self.redis.enabled.load(Relaxed) {
+            self.render_redis(&mut o);
+        }
         o
     }
+
+    /// Cluster mode's families (only with --redis, so a single box's /metrics is unchanged).
+    fn render_redis(&self, o: &mut String) {
+        let r = &self.redis;
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        one(
+            "crier_redis_up",
+            "gauge",
+            "1 while connected to Redis (publishes accepted).",
+            u64::from(r.up.load(Relaxed)),
+        );
+        one("crier_redis_reconnects_total", "counter", "Reconnect attempts to Redis.", r.reconnects.load(Relaxed));
+        one(
+            "crier_redis_repaired_messages_total",
+            "counter",
+            "Messages read back from Redis streams to fill gaps.",
+            r.repaired.load(Relaxed),
+        );
+        one(
+            "crier_redis_unrepairable_messages_total",
+            "counter",
+            "Missed messages Redis no longer held.",
+            r.unrepairable.load(Relaxed),
+        );
+        one(
+            "crier_redis_resume_fetched_messages_total",
+            "counter",
+            "Messages a resume read from Redis because local history lacked them.",
+            r.resume_fetched.load(Relaxed),
+        );
+        one(
+            "crier_redis_probes_failed_total",
+            "counter",
+            "Idle-subscription probes that did not come back (the subscription was restarted).",
+            r.probes_failed.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP crier_redis_publish_seconds Round trip of publish script calls, per message.\n# TYPE crier_redis_publish_seconds histogram"
+        );
+        let h = r.publish_latency.lock().ok().and_then(|g| g.clone()).unwrap_or_else(new_latency_histogram);
+        render_histogram(o, "crier_redis_publish_seconds", &h);
+    }
+}
+
+/// Writes the buckets, sum and count of a µs histogram as a Prometheus histogram in seconds.
+fn render_histogram(o: &mut String, name: &str, h: &Histogram<u64>) {
+    for b in LATENCY_BUCKETS {
+        let us = (b * 1e6) as u64;
+        let count = if h.is_empty() { 0 } else { h.count_between(0, us) };
+        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {count}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let sum = h.mean() * h.len() as f64 / 1e6;
+    let _ = writeln!(o, "{name}_sum {sum}");
+    let _ = writeln!(o, "{name}_count {}", h.len());
 }
 
 #[cfg(test)]

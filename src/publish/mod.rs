@@ -6,6 +6,12 @@
 //! read, which is what makes pipelining cheap. Publishers take turns (`turns.rs`): each
 //! handles a bounded number of commands and bytes, then lets the others run, so one that
 //! floods a backlog cannot hold back everyone else's messages.
+//!
+//! In cluster mode (`--redis`) the hub numbers nothing: each `PUB` of a turn goes to the
+//! cluster thread at once (pipelined), and the turn's replies are written once Redis has
+//! answered them all, in command order. That wait is crier's, not the publisher's: it does
+//! not count against `--publish-timeout`, whose clock starts again after it. The turn
+//! limits and the publisher cap apply unchanged.
 
 pub mod client;
 pub mod protocol;
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{UnixListener, UnixStream};
 
+use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
 use crate::ops::capacity::{AcceptErrors, MAX_PUBLISHERS};
@@ -39,11 +46,13 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// Publishers take turns: see [`turns`].
     turns: Turns,
+    /// Cluster mode (`--redis`): publishes go through Redis, which numbers them.
+    cluster: Option<ClusterHandle>,
 }
 
 impl Ingress {
-    pub fn new(hub: Hub, cfg: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Self { hub: RefCell::new(hub), cfg, metrics, turns: Turns::default() }
+    pub fn new(hub: Hub, cfg: Arc<Config>, metrics: Arc<Metrics>, cluster: Option<ClusterHandle>) -> Self {
+        Self { hub: RefCell::new(hub), cfg, metrics, turns: Turns::default(), cluster }
     }
 }
 
@@ -118,6 +127,11 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
     let timeout = ingress.cfg.publish_timeout;
     // When the incomplete command at the front of `buf` began to arrive.
     let mut started: Option<Instant> = None;
+    // Cluster mode: Redis numbers each publish; its answers are spliced into `replies` in
+    // command order (offset in `replies`, pending answer). At most one turn's commands
+    // are awaited at once, so this is bounded by TURN_COMMANDS.
+    let cluster = ingress.cluster.as_ref();
+    let mut awaiting = Vec::new();
     loop {
         let mut pos = 0;
         let mut close = false;
@@ -141,6 +155,12 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
                         close = true;
                         break;
                     }
+                    if let Some(cluster) = cluster {
+                        // Sent now, answered later: every publish of this read is in flight
+                        // at once (pipelined), and nothing is numbered here.
+                        awaiting.push((replies.len(), cluster.publish(channel, kind, payload)));
+                        continue;
+                    }
                     let seq = ingress.hub.borrow_mut().publish(channel, kind, payload);
                     replies.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
                 }
@@ -158,6 +178,9 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         }
         buf.copy_within(pos..len, 0);
         len -= pos;
+        if !awaiting.is_empty() {
+            crate::cluster::splice_replies(&mut replies, &mut awaiting, &ingress.metrics).await;
+        }
         if !replies.is_empty() {
             send_all(stream, &replies).await?;
             replies.clear();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use monoio::{LegacyDriver, RuntimeBuilder};
 
+use crate::cluster::ClusterHandle;
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
 use crate::ops::metrics::Metrics;
@@ -44,7 +45,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let signals = install_signal_handlers()?;
     let nofile = raise_nofile();
     let metrics = Arc::new(Metrics::new(cfg.shards));
-    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards)?;
+    let budget = capacity::budget(cfg.max_connections, nofile, cfg.shards, cfg.redis.is_some())?;
     log_budget(&budget);
     metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
@@ -66,6 +67,18 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let publisher = publish::bind(&cfg).map_err(|e| format!("--publish-socket: {e}"))?;
     let socket_file = publisher.file.clone();
 
+    // Cluster mode: the Redis thread starts first; its handle goes to every shard (for
+    // resumes) and to the control thread (for publishes), its deliveries to the control
+    // thread.
+    let (cluster, deliveries) = match &cfg.redis {
+        Some(redis) => {
+            let (handle, deliveries) = crate::cluster::start(redis.clone(), metrics.clone())?;
+            tracing::info!("cluster mode: redis {} prefix {}", redis.shown_url(), redis.prefix);
+            (Some(handle), Some(deliveries))
+        }
+        None => (None, None),
+    };
+
     // Shards.
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut senders = Vec::new();
@@ -73,10 +86,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     for (id, listener) in listeners.into_iter().enumerate() {
         let (tx, rx) = flume::unbounded();
         senders.push(tx.clone());
-        let (cfg, metrics, ready) = (cfg.clone(), metrics.clone(), ready_tx.clone());
+        let (cfg, metrics, ready, cluster) = (cfg.clone(), metrics.clone(), ready_tx.clone(), cluster.clone());
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::run(id, cfg, metrics, listener, (tx, rx), ready))
+            .spawn(move || shard::run(id, cfg, metrics, cluster, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }
@@ -101,7 +114,9 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("crier-control".into())
-            .spawn(move || control_thread(cfg, metrics, senders, publisher, admin, control_rx, cready_tx))
+            .spawn(move || {
+                control_thread(cfg, metrics, senders, publisher, admin, (cluster, deliveries), control_rx, cready_tx)
+            })
             .map_err(|e| format!("cannot start control thread: {e}"))?
     };
     match cready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -156,6 +171,7 @@ fn control_thread(
     shards: Vec<flume::Sender<ShardMsg>>,
     publisher: publish::Bound,
     admin: Option<std::net::TcpListener>,
+    (cluster, deliveries): (Option<ClusterHandle>, Option<crate::cluster::Deliveries>),
     stop: flume::Receiver<()>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
@@ -182,8 +198,11 @@ fn control_thread(
                 return;
             }
         };
-        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone()));
+        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone(), cluster));
         monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
+        if let Some(deliveries) = deliveries {
+            crate::cluster::spawn_delivery_task(deliveries, ingress.clone());
+        }
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));
         }

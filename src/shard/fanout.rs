@@ -8,6 +8,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use slab::Slab;
 
@@ -16,6 +17,7 @@ use crate::hub::{Broadcast, Enveloped};
 use crate::ops::metrics::Metrics;
 use crate::shard::outbound::{OutFrame, OutboundQueue};
 use crate::ws::deflate::Compressor;
+use crate::ws::frame::MessageKind;
 
 /// What fan-out needs from a connection.
 pub trait Subscriber {
@@ -154,6 +156,23 @@ impl ShardEncoder {
         Rc::new(Self { metrics, compressor: RefCell::new(None) })
     }
 
+    /// Cluster mode: encodes a message a resume read back from Redis (this node never saw
+    /// it live, so no hub built it), with this shard's compressor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        at: Instant,
+    ) -> Broadcast {
+        let mut compressor = self.compressor.borrow_mut();
+        let compress = |p: &[u8]| compressor.get_or_insert_with(Compressor::new).compress(p);
+        Broadcast::encode(&self.metrics, compress, channel, seq, epoch, kind, payload, at)
+    }
+
     fn envelope(&self, b: &Broadcast) -> Enveloped {
         b.build_envelope(&self.metrics, |body| {
             self.compressor.borrow_mut().get_or_insert_with(Compressor::new).compress(body)
@@ -207,8 +226,7 @@ fn out_frame(b: &Broadcast, bytes: &bytes::Bytes, deflated: bool) -> Rc<OutFrame
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::frame::{MessageKind, encode_data};
-    use std::time::Instant;
+    use crate::ws::frame::encode_data;
 
     #[derive(Default)]
     struct Fake {
@@ -237,6 +255,7 @@ mod tests {
         Arc::new(Broadcast {
             channel: ChannelName::parse(channel).unwrap(),
             seq: 1,
+            epoch: 1,
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, b"hello", false),
             deflated: deflated.then(|| encode_data(MessageKind::Text, b"hi", true)),

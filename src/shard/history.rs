@@ -27,6 +27,9 @@ struct ChannelHistory {
     bytes: usize,
     /// Highest sequence number seen, even when its message has left history.
     last_seq: u64,
+    /// The epoch of what is held (0 before the first message). In cluster mode it changes
+    /// when Redis starts the channel afresh; what was held then means nothing.
+    epoch: u64,
 }
 
 /// What a subscriber asked to have replayed on one channel.
@@ -76,6 +79,10 @@ impl History {
     /// Records a broadcast and trims its channel to the limits.
     pub fn record(&mut self, b: &Arc<Broadcast>) {
         let h = self.channels.entry(b.channel.clone()).or_default();
+        if h.epoch != b.epoch {
+            // A new epoch (cluster mode: Redis lost the channel's state): start afresh.
+            *h = ChannelHistory { epoch: b.epoch, ..ChannelHistory::default() };
+        }
         h.last_seq = h.last_seq.max(b.seq);
         if self.limits.messages == 0 {
             return;
@@ -99,6 +106,21 @@ impl History {
                 }
             }
         }
+    }
+
+    /// The epoch of `channel`'s history, if this shard has seen a message of it.
+    pub fn epoch_of(&self, channel: &ChannelName) -> Option<u64> {
+        self.channels.get(channel).map(|h| h.epoch)
+    }
+
+    /// Held, unexpired messages of `channel` with a seq above `after`, oldest first.
+    pub fn held_after(&self, channel: &ChannelName, after: u64, now: Instant) -> Vec<Arc<Broadcast>> {
+        let Some(h) = self.channels.get(channel) else { return Vec::new() };
+        h.items
+            .iter()
+            .filter(|b| b.seq > after && now.saturating_duration_since(b.published_at) < self.limits.ttl)
+            .cloned()
+            .collect()
     }
 
     /// Decides what a new subscriber of `channel` gets before live messages.
@@ -141,6 +163,7 @@ mod tests {
         Arc::new(Broadcast {
             channel: ChannelName::parse(ch).unwrap(),
             seq,
+            epoch: 1,
             kind: MessageKind::Text,
             plain: encode_data(MessageKind::Text, format!("{seq}").as_bytes(), false),
             deflated: None,

@@ -29,6 +29,7 @@ use hdrhistogram::Histogram;
 use monoio::net::TcpListener;
 
 use crate::channel::ChannelName;
+use crate::cluster::{ClusterHandle, Fetched};
 use crate::config::Config;
 use crate::hub::{self, Broadcast, ShardMsg};
 use crate::ops::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
@@ -83,6 +84,9 @@ pub struct Shard {
     /// The hub's queue to this shard (and a sender to put a drain order back on it).
     inbox: flume::Receiver<ShardMsg>,
     requeue: flume::Sender<ShardMsg>,
+    /// Cluster mode (`--redis`): the cluster thread, for resumes local history cannot
+    /// satisfy. Given by `server`, like everything else a shard uses.
+    cluster: Option<ClusterHandle>,
 }
 
 impl Shard {
@@ -90,6 +94,7 @@ impl Shard {
         id: usize,
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
+        cluster: Option<ClusterHandle>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
     ) -> Rc<Self> {
@@ -116,6 +121,7 @@ impl Shard {
             draining: Cell::new(false),
             inbox,
             requeue,
+            cluster,
             stopped: Cell::new(false),
             me: me.clone(),
         })
@@ -160,9 +166,14 @@ impl Shard {
     /// Adds an upgraded connection to the tables, after queueing what it asked to have
     /// replayed. Both happen here, on the shard's thread between two broadcasts, so the
     /// replay and the live stream meet without a hole or a duplicate.
-    pub fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
+    ///
+    /// Cluster mode: a resume that this shard's history cannot satisfy first reads the
+    /// channel's Redis stream (the only await here; the connection is not in the tables
+    /// yet, so nothing is delivered to it meanwhile).
+    pub async fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
         let channels = std::mem::take(&mut upgrade.channels);
-        self.replay(conn, &channels, &upgrade);
+        let remote = self.fetch_for_resume(&channels, &upgrade).await;
+        self.replay(conn, &channels, &upgrade, remote);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
         conn.set_membership(membership);
         let stats = self.stats();
@@ -176,8 +187,39 @@ impl Shard {
         }
     }
 
+    /// Cluster mode only: for each channel of a `since=` resume that local history cannot
+    /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
+    async fn fetch_for_resume(&self, channels: &[ChannelName], upgrade: &Upgrade) -> Vec<Option<Fetched>> {
+        let (Some(cluster), Some(since)) = (&self.cluster, &upgrade.since) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(channels.len());
+        for (i, ch) in channels.iter().enumerate() {
+            self.apply_pending();
+            let (local_epoch, has_notice) = {
+                let h = self.history.borrow();
+                let local = h.epoch_of(ch);
+                let request = Request::Since { seq: since.seqs[i], same_epoch: local == Some(since.epochs[i]) };
+                (local, h.plan(ch, request, Instant::now()).notice.is_some())
+            };
+            if !crate::cluster::resume::needs_fetch(local_epoch, has_notice, since.epochs[i]) {
+                out.push(None);
+                continue;
+            }
+            let mut fetched = cluster.fetch(ch.clone(), since.seqs[i]).await;
+            if let Some(f) = &fetched
+                && f.epoch.is_some_and(|e| e != since.epochs[i])
+            {
+                // Another epoch: the client gets a reset and everything held, from seq 1.
+                fetched = cluster.fetch(ch.clone(), 0).await;
+            }
+            out.push(fetched);
+        }
+        out
+    }
+
     /// Queues notices and history for `since=` / `last=`.
-    fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade) {
+    fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade, mut remote: Vec<Option<Fetched>>) {
         if upgrade.since.is_none() && upgrade.last == 0 {
             return;
         }
@@ -186,16 +228,36 @@ impl Shard {
         let history = self.history.borrow();
         let mut out = conn.out().borrow_mut();
         let mut replayed = 0u64;
+        let cluster = self.cluster.is_some();
         for (i, ch) in channels.iter().enumerate() {
+            // The epoch a client's seqs are compared with: the process's on a single box,
+            // the channel's (from Redis, as last seen here) in cluster mode.
+            let epoch = if cluster { history.epoch_of(ch).unwrap_or(0) } else { hub::epoch() };
             let request = match &upgrade.since {
-                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epoch == hub::epoch() },
+                Some(s) => Request::Since { seq: s.seqs[i], same_epoch: s.epochs[i] == epoch },
                 None => Request::Last(upgrade.last),
             };
-            let plan = history.plan(ch, request, now);
+            let fetched = remote.get_mut(i).and_then(Option::take);
+            let from_redis = match (fetched, &upgrade.since) {
+                (Some(f), Some(s)) => crate::cluster::resume::plan(
+                    ch,
+                    s.seqs[i],
+                    s.epochs[i],
+                    f,
+                    history.held_after(ch, 0, now),
+                    &self.encoder,
+                    &self.metrics,
+                ),
+                _ => None,
+            };
+            let (plan, epoch) = match from_redis {
+                Some(r) => (history::Plan { notice: r.notice, replay: r.replay, skip_until: r.skip_until }, r.epoch),
+                None => (history.plan(ch, request, now), epoch),
+            };
             if let Some(notice) = plan.notice {
                 let (text, slot) = match notice {
-                    Notice::Gap { from, to } => (format!("gap {ch} {from} {to} {}\n", hub::epoch()), 0),
-                    Notice::Reset => (format!("reset {ch} {}\n", hub::epoch()), 1),
+                    Notice::Gap { from, to } => (format!("gap {ch} {from} {to} {epoch}\n"), 0),
+                    Notice::Reset => (format!("reset {ch} {epoch}\n"), 1),
                 };
                 self.metrics.resumes_unsatisfied[slot].fetch_add(1, Relaxed);
                 if conn.envelope() {
@@ -408,6 +470,7 @@ pub fn run(
     id: usize,
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
+    cluster: Option<ClusterHandle>,
     listener: std::net::TcpListener,
     (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
     ready: std::sync::mpsc::Sender<ReadyReport>,
@@ -434,7 +497,7 @@ pub fn run(
                 return;
             }
         };
-        let shard = Shard::new(id, cfg, metrics, rx.clone(), requeue);
+        let shard = Shard::new(id, cfg, metrics, cluster, rx.clone(), requeue);
         let _ = ready.send(Ok(driver));
         monoio::spawn(session::accept_loop(shard.clone(), listener));
         monoio::spawn(sweep::sweep_loop(shard.clone()));

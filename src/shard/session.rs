@@ -114,7 +114,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
         }
     }
     let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot));
-    shard.register(&conn, upgrade);
+    shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
     if !leftover.is_empty() {
         // The client sent frames right behind its request head.
         let mut leftover = leftover;

@@ -43,6 +43,9 @@ pub struct Upgrade {
 pub struct Since {
     pub epoch: u64,
     pub seqs: Vec<u64>,
+    /// The epoch of each channel's seq: `epoch`, unless the item said otherwise
+    /// (`since=E1:5,E2:7`; in cluster mode each channel has its own epoch).
+    pub epochs: Vec<u64>,
 }
 
 /// The subprotocol that carries channel, sequence and epoch with each message.
@@ -249,18 +252,30 @@ fn parse_resume(query: &str, channels: usize, envelope: bool) -> Result<(Option<
                         "since= needs the {SUBPROTOCOL} subprotocol (Sec-WebSocket-Protocol: {SUBPROTOCOL}), which reports gaps"
                     )));
                 }
-                let usage = || bad("since: expected <epoch>:<seq>,<seq>,… with one sequence number per channel");
-                let (epoch, seqs) = v.split_once(':').ok_or_else(usage)?;
-                let epoch = epoch.parse().map_err(|_| usage())?;
-                let seqs: Vec<u64> =
-                    seqs.split(',').map(|s| s.parse()).collect::<Result<_, _>>().map_err(|_| usage())?;
+                let usage = || {
+                    bad(
+                        "since: expected <epoch>:<seq>,<seq>,… with one sequence number per channel (each may be <epoch>:<seq>)",
+                    )
+                };
+                // Items are `<seq>` or `<epoch>:<seq>`; the first must name an epoch, and an
+                // item without one keeps the previous item's.
+                let (mut seqs, mut epochs) = (Vec::new(), Vec::new());
+                for item in v.split(',') {
+                    let (e, s) = match item.split_once(':') {
+                        Some((e, s)) => (e.parse().map_err(|_| usage())?, s),
+                        None => (*epochs.last().ok_or_else(usage)?, item),
+                    };
+                    epochs.push(e);
+                    seqs.push(s.parse::<u64>().map_err(|_| usage())?);
+                }
+                let epoch = epochs[0];
                 if seqs.len() != channels {
                     return Err(bad(format!(
                         "since: {} sequence numbers for {channels} channels (one per channel, in the same order)",
                         seqs.len()
                     )));
                 }
-                since = Some(Since { epoch, seqs });
+                since = Some(Since { epoch, seqs, epochs });
             }
             "last" => last = v.parse().map_err(|_| bad(format!("last: '{v}' is not a number")))?,
             _ => {}
@@ -344,7 +359,11 @@ mod tests {
         let proto = "Sec-WebSocket-Protocol: chat, crier.v1\r\n";
         let (up, _) = parse(&req("/ws?channels=a,b&since=1700:5,0&last=3", proto)).unwrap().unwrap();
         assert!(up.envelope);
-        assert_eq!(up.since, Some(Since { epoch: 1700, seqs: vec![5, 0] }));
+        assert_eq!(up.since, Some(Since { epoch: 1700, seqs: vec![5, 0], epochs: vec![1700, 1700] }));
+        let (each, _) = parse(&req("/ws?channels=a,b,c&since=17:5,18:2,3", proto)).unwrap().unwrap();
+        let since = each.since.unwrap();
+        assert_eq!((since.seqs, since.epochs), (vec![5, 2, 3], vec![17, 18, 18]));
+        assert!(parse(&req("/ws?channels=a&since=5", proto)).is_err(), "the first item names the epoch");
         assert_eq!(up.last, 3);
         assert!(String::from_utf8(response_101(&up)).unwrap().contains("Sec-WebSocket-Protocol: crier.v1\r\n"));
         let e = parse(&req("/ws?channels=a&since=1:1", "")).unwrap_err();

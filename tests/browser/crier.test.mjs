@@ -201,3 +201,18 @@ test("no crier.v1 from the server: bare payloads; malformed headers are errors",
   c.close();
   c2.close();
 });
+
+test("cluster mode: channels in different epochs resume with one <epoch>:<seq> each", async () => {
+  const { c, events, sock } = client({ channels: ["a", "b", "c"] });
+  sock().open();
+  sock().frame("m a 4 100\nx");
+  sock().frame("m b 9 200\ny"); // another epoch on the same connection: per-channel epochs
+  sock().serverClose(1006);
+  await tick(20);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a,b,c&since=100:4,200:9,200:0");
+  sock().open();
+  sock().frame("m a 5 100\nz");
+  assert.deepEqual(kinds(events, "reset"), [], "different epochs per channel are not resets");
+  assert.deepEqual(kinds(events, "message").map((m) => m.seq), [4, 9, 5]);
+  c.close();
+});

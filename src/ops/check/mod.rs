@@ -52,6 +52,10 @@ pub struct CheckArgs {
     /// [default: online CPUs, as serve]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// `crier serve` will run in cluster mode (`--redis`): its Redis connections are part
+    /// of the descriptor reserve.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// `crier check`: reads this machine, prints the report, exits 1 when something blocks N.

@@ -23,10 +23,11 @@ pub const USER_BYTES_PER_CONN: u64 = 2048;
 /// ~4 KiB truesize until the client ACKs it. Counted in `tcp_mem`.
 pub const INFLIGHT_BYTES_PER_CONN: u64 = 4096;
 /// File descriptors besides connections: the reserve `crier serve` keeps out of the
-/// WebSocket side's reach (its own, per shard, publishers, admin, refusals), the same
-/// number serve uses (`capacity::reserve`), so check and serve never disagree.
+/// WebSocket side's reach (its own, per shard, publishers, admin, refusals, and with
+/// `--cluster` the Redis connections), the same number serve uses (`capacity::reserve`),
+/// so check and serve never disagree.
 pub fn fd_reserve(args: &CheckArgs) -> u64 {
-    crate::ops::capacity::reserve(args.shards.unwrap_or_else(crate::config::online_cpus)) as u64
+    crate::ops::capacity::reserve(args.shards.unwrap_or_else(crate::config::online_cpus), args.cluster) as u64
 }
 /// `LimitNOFILE=` of `systemd/crier.service`.
 pub const UNIT_NOFILE: u64 = 1_048_576;

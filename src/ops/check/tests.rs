@@ -38,7 +38,14 @@ fn tuned() -> Readings {
 }
 
 fn args(n: u64) -> CheckArgs {
-    CheckArgs { connections: n, json: false, listen: "0.0.0.0:8080".parse().unwrap(), backlog: 4096, shards: Some(2) }
+    CheckArgs {
+        connections: n,
+        json: false,
+        listen: "0.0.0.0:8080".parse().unwrap(),
+        backlog: 4096,
+        shards: Some(2),
+        cluster: false,
+    }
 }
 
 fn get<'a>(report: &'a Report, item: &str) -> &'a Finding {

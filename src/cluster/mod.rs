@@ -1,0 +1,248 @@
+//! Cluster mode (`--redis`): many crier nodes kept in step by Redis.
+//!
+//! One dedicated thread, `crier-cluster`, runs a current-thread tokio runtime with the
+//! `redis` client (no Redis client runs on monoio). It is bridged to the rest by flume
+//! channels, like the shards:
+//!
+//! - publishers' `PUB`s go to it as [`Command::Publish`]; it runs them through the publish
+//!   script (pipelined, batched) and answers each with the seq Redis gave it, or with
+//!   "unavailable", which the publisher socket turns into `+OK <seq>` / `-ERR redis
+//!   unavailable`, in command order;
+//! - everything Redis publishes comes back as [`Delivery`]s, already repaired and in seq
+//!   order per channel, and the control thread hands them to the hub, which encodes and
+//!   fans out as on a single box, with Redis's seq and epoch;
+//! - a shard whose resume history cannot satisfy asks it for the stream ([`Command::Fetch`]).
+//!
+//! What this module must never do: number a message itself, or deliver a channel's
+//! messages out of seq order.
+
+pub mod publish_client;
+pub mod redis_thread;
+pub mod resume;
+pub mod script;
+pub mod sequencer;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::channel::ChannelName;
+use crate::ops::metrics::{Metrics, PublishError};
+use crate::ws::frame::MessageKind;
+
+/// The validated cluster settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The URL as given (shown in logs with the password masked).
+    pub url: String,
+    pub prefix: String,
+    /// MAXLEN of each channel's stream (`--history-messages`).
+    pub stream_len: usize,
+    /// TTL of each channel's stream (`--history-ttl`).
+    pub stream_ttl: Duration,
+    /// TTL of each channel's meta hash (`--redis-meta-ttl`).
+    pub meta_ttl: Duration,
+}
+
+impl RedisConfig {
+    /// Checks the settings; the error names the setting and the fix.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        history_messages: usize,
+        history_ttl: Duration,
+        meta_ttl: Duration,
+    ) -> Result<Self, String> {
+        if let Err(e) = redis::Client::open(url) {
+            return Err(format!(
+                "--redis '{}': not a Redis URL ({e}); expected redis://[user:pass@]host:port[/db]",
+                masked(url)
+            ));
+        }
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return Err(format!("--redis-prefix '{prefix}': expected 1 to 64 characters from A-Z a-z 0-9 _ - . :"));
+        }
+        if history_messages == 0 {
+            return Err("--history-messages must be at least 1 with --redis: nodes repair missed messages from each channel's stream, which holds that many".into());
+        }
+        if history_ttl < Duration::from_millis(1) || meta_ttl < history_ttl {
+            return Err(format!(
+                "--redis-meta-ttl ({}) must be at least --history-ttl ({}): a channel's stream must not outlive its epoch",
+                humantime::format_duration(meta_ttl),
+                humantime::format_duration(history_ttl)
+            ));
+        }
+        Ok(Self {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            stream_len: history_messages,
+            stream_ttl: history_ttl,
+            meta_ttl,
+        })
+    }
+
+    /// The URL for logs: the password replaced by `***`.
+    pub fn shown_url(&self) -> String {
+        masked(&self.url)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+/// The answer to a publish: the seq Redis assigned, or `None` when Redis could not be
+/// reached (or refused), in which case nothing was numbered by us.
+pub type PublishReply = tokio::sync::oneshot::Receiver<Option<u64>>;
+
+/// What a channel's stream held, read back for a resume or a repair.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The channel's epoch, `None` when Redis holds no state for it.
+    pub epoch: Option<u64>,
+    /// The channel's last seq in Redis.
+    pub head: u64,
+    /// Entries after the requested seq, in seq order: (seq, kind, payload).
+    pub entries: Vec<(u64, MessageKind, Bytes)>,
+}
+
+/// Requests to the cluster thread.
+#[derive(Debug)]
+pub enum Command {
+    Publish {
+        channel: ChannelName,
+        kind: MessageKind,
+        payload: Bytes,
+        reply: tokio::sync::oneshot::Sender<Option<u64>>,
+    },
+    /// Read the stream of `channel` after `after` (a resume on a shard).
+    Fetch { channel: ChannelName, after: u64, reply: tokio::sync::oneshot::Sender<Option<Fetched>> },
+}
+
+/// A message from Redis, for the hub: in seq order per channel, each once.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: ChannelName,
+    pub seq: u64,
+    pub epoch: u64,
+    pub kind: MessageKind,
+    pub payload: Bytes,
+    /// When this node received it (the start of its delivery-latency sample).
+    pub received_at: Instant,
+}
+
+/// The way to the cluster thread: given to the control thread (for publishers) and to
+/// every shard (for resumes) by `server`, explicitly (issue 10: no global carries it).
+/// Cheap to clone and `Send`; all clones feed one queue.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    commands: flume::Sender<Command>,
+}
+
+impl ClusterHandle {
+    /// Sends a publish; the reply comes once Redis has answered.
+    pub fn publish(&self, channel: ChannelName, kind: MessageKind, payload: &[u8]) -> PublishReply {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // If the cluster thread is gone the sender is dropped and the reply reads as
+        // "unavailable".
+        let _ =
+            self.commands.send(Command::Publish { channel, kind, payload: Bytes::copy_from_slice(payload), reply: tx });
+        rx
+    }
+
+    /// Reads a channel's stream after `after`; `None` when Redis cannot be reached.
+    pub async fn fetch(&self, channel: ChannelName, after: u64) -> Option<Fetched> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(Command::Fetch { channel, after, reply: tx }).ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// Messages from Redis for the control thread's hub (see [`spawn_delivery_task`]).
+pub type Deliveries = flume::Receiver<Delivery>;
+
+/// Starts the cluster thread. Returns the handle for the control thread and the shards, and
+/// the deliveries for the control thread (before it starts, see [`spawn_delivery_task`]).
+///
+/// The command queue has no bound of its own, and needs none: a publisher awaits Redis's
+/// answers to one turn's commands (at most `TURN_COMMANDS`, `TURN_BYTES`) before it reads
+/// more, at most `MAX_PUBLISHERS` are connected, and a shard's fetch is one per resuming
+/// connection, awaited before it is registered.
+pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(ClusterHandle, Deliveries), String> {
+    let (commands, command_rx) = flume::unbounded();
+    let (deliveries, delivery_rx) = flume::unbounded();
+    metrics.redis.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::thread::Builder::new()
+        .name("crier-cluster".into())
+        .spawn(move || redis_thread::run(cfg, metrics, command_rx, deliveries))
+        .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+    Ok((ClusterHandle { commands }, delivery_rx))
+}
+
+/// On the control thread: hands every message from Redis to the hub, in the order the
+/// cluster thread delivers them (seq order per channel).
+pub fn spawn_delivery_task(deliveries: Deliveries, ingress: std::rc::Rc<crate::publish::Ingress>) {
+    monoio::spawn(async move {
+        while let Ok(d) = deliveries.recv_async().await {
+            ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
+        }
+    });
+}
+
+/// Writes the publisher's replies in command order: `replies` holds the immediate ones
+/// (refusals, PONG), `pending` the offsets at which each Redis answer goes.
+pub async fn splice_replies(replies: &mut Vec<u8>, pending: &mut Vec<(usize, PublishReply)>, metrics: &Metrics) {
+    let immediate = std::mem::take(replies);
+    let mut at = 0;
+    for (pos, reply) in pending.drain(..) {
+        replies.extend_from_slice(&immediate[at..pos]);
+        at = pos;
+        match reply.await {
+            Ok(Some(seq)) => {
+                metrics.messages_published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                replies.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
+            }
+            _ => {
+                metrics.publish_error(PublishError::RedisUnavailable);
+                replies.extend_from_slice(b"-ERR redis unavailable\r\n");
+            }
+        }
+    }
+    replies.extend_from_slice(&immediate[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let ttl = Duration::from_secs(300);
+        let day = Duration::from_secs(86400);
+        assert!(RedisConfig::new("redis://127.0.0.1:6379/0", "crier", 64, ttl, day).is_ok());
+        let e = RedisConfig::new("http://x", "crier", 64, ttl, day).unwrap_err();
+        assert!(e.contains("--redis"), "{e}");
+        let e = RedisConfig::new("redis://h", "a{b}", 64, ttl, day).unwrap_err();
+        assert!(e.contains("--redis-prefix"), "{e}");
+        let e = RedisConfig::new("redis://h", "crier", 0, ttl, day).unwrap_err();
+        assert!(e.contains("--history-messages"), "{e}");
+        let e = RedisConfig::new("redis://h", "crier", 64, ttl, Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("--redis-meta-ttl"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(masked("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(masked("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(masked("redis://h:1"), "redis://h:1");
+    }
+}
