@@ -167,11 +167,11 @@ impl ClusterHandle {
     }
 }
 
-/// Messages from Redis for the control thread's hub (see [`spawn_delivery_task`]).
+/// Messages from Redis for the control thread's hub (see [`crate::publish::spawn_cluster_deliveries`]).
 pub type Deliveries = flume::Receiver<Delivery>;
 
 /// Starts the cluster thread. Returns the handle for the control thread and the shards, and
-/// the deliveries for the control thread (before it starts, see [`spawn_delivery_task`]).
+/// the deliveries for the control thread (before it starts, see [`crate::publish::spawn_cluster_deliveries`]).
 ///
 /// The command queue has no bound of its own, and needs none: a publisher awaits Redis's
 /// answers to one turn's commands (at most `TURN_COMMANDS`, `TURN_BYTES`) before it reads
@@ -186,16 +186,6 @@ pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(Clus
         .spawn(move || redis_thread::run(cfg, metrics, command_rx, deliveries))
         .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
     Ok((ClusterHandle { commands }, delivery_rx))
-}
-
-/// On the control thread: hands every message from Redis to the hub, in the order the
-/// cluster thread delivers them (seq order per channel).
-pub fn spawn_delivery_task(deliveries: Deliveries, ingress: std::rc::Rc<crate::publish::Ingress>) {
-    monoio::spawn(async move {
-        while let Ok(d) = deliveries.recv_async().await {
-            ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
-        }
-    });
 }
 
 /// Writes the publisher's replies in command order: `replies` holds the immediate ones

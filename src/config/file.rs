@@ -5,19 +5,22 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+use clap::ArgMatches;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args};
-
-use super::ServeArgs;
 
 /// Turns the TOML file into `--key=value` arguments for the settings that the command line
 /// and environment left at their defaults. Each value is checked on its own first, so an
 /// error names the file and the key.
-pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, String> {
+/// `serve` builds `crier serve`'s arguments onto a command (`ServeArgs::augment_args`).
+pub(super) fn file_args(
+    path: &Path,
+    matches: &ArgMatches,
+    serve: impl Fn(clap::Command) -> clap::Command,
+) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let table: toml::Table =
         text.parse().map_err(|e| format!("config file {}: not valid TOML: {e}", path.display()))?;
-    let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+    let cmd = serve(clap::Command::new("serve"));
     let mut out = Vec::new();
     for (key, value) in table {
         let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str()) && key != "config") else {
@@ -40,9 +43,7 @@ pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsStrin
             }
         };
         let flag = format!("--{key}={value}");
-        if let Err(e) =
-            ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true)).try_get_matches_from([&flag])
-        {
+        if let Err(e) = serve(clap::Command::new("serve").no_binary_name(true)).try_get_matches_from([&flag]) {
             let detail = e.kind().as_str().unwrap_or("invalid value");
             let why = e.to_string();
             let why = why.lines().next().unwrap_or(detail).trim_start_matches("error: ");

@@ -30,7 +30,7 @@ pub enum Command {
     /// Publish a message to a channel through the server's Unix socket.
     Publish(PublishArgs),
     /// Preflight: can this machine hold N connections, and what to tune.
-    Check(crate::ops::check::CheckArgs),
+    Check(CheckArgs),
 }
 
 /// Which io driver each shard's monoio runtime uses.
@@ -309,6 +309,32 @@ pub struct PublishArgs {
     pub redis_meta_ttl: Duration,
 }
 
+/// Arguments of `crier check`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Connections this machine should hold (compare `crier serve --max-connections`).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS as u64, value_name = "N")]
+    pub connections: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The address `crier serve --listen` will bind (checked against privileged ports and
+    /// the local port range).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The listen backlog `crier serve --backlog` will ask for (capped by somaxconn).
+    #[arg(long, default_value_t = DEFAULT_BACKLOG as u64, value_name = "N")]
+    pub backlog: u64,
+    /// The shards `crier serve --shards` will run: the descriptor reserve grows with them.
+    /// [default: online CPUs, as serve]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// `crier serve` will run in cluster mode (`--redis`): its Redis connections are part
+    /// of the descriptor reserve.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
 /// The validated server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -415,7 +441,7 @@ fn parse_cli_from(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
         return Ok(cli);
     };
     let sub = matches.subcommand_matches("serve").expect("serve was parsed");
-    let extra = match file::file_args(&path, sub) {
+    let extra = match file::file_args(&path, sub, ServeArgs::augment_args) {
         Ok(extra) => extra,
         Err(e) => return Err(Cli::command().error(clap::error::ErrorKind::ValueValidation, e)),
     };

@@ -106,6 +106,16 @@ pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress:
     }
 }
 
+/// On the control thread: hands every message from Redis to the hub, in the order the
+/// cluster thread delivers them (seq order per channel).
+pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress: Rc<Ingress>) {
+    monoio::spawn(async move {
+        while let Ok(d) = deliveries.recv_async().await {
+            ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
+        }
+    });
+}
+
 /// Serves one publisher connection.
 async fn serve(stream: UnixStream, ingress: Rc<Ingress>) {
     ingress.metrics.publishers.fetch_add(1, Relaxed);

@@ -89,7 +89,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         let (cfg, metrics, ready, cluster) = (cfg.clone(), metrics.clone(), ready_tx.clone(), cluster.clone());
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::run(id, cfg, metrics, cluster, listener, (tx, rx), ready))
+            .spawn(move || shard::runtime::run(id, cfg, metrics, cluster, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }
@@ -201,7 +201,7 @@ fn control_thread(
         let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone(), cluster));
         monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
         if let Some(deliveries) = deliveries {
-            crate::cluster::spawn_delivery_task(deliveries, ingress.clone());
+            publish::spawn_cluster_deliveries(deliveries, ingress.clone());
         }
         if let Some(admin) = admin {
             monoio::spawn(admin::accept_loop(admin, metrics.clone()));

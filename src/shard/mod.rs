@@ -15,9 +15,9 @@ pub mod fanout;
 pub mod history;
 pub mod outbound;
 pub mod runtime;
-mod session;
+pub(crate) mod session;
 pub mod sockio;
-mod sweep;
+pub(crate) mod sweep;
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -26,7 +26,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use monoio::net::TcpListener;
 
 use crate::channel::ChannelName;
 use crate::cluster::{ClusterHandle, Fetched};
@@ -460,96 +459,6 @@ impl Shard {
             tracing::warn!(shard = self.id, "drain timeout: cutting {left} connections");
         }
     }
-}
-
-/// What a shard thread reports once its runtime is up: the driver, or why it failed.
-pub type ReadyReport = Result<&'static str, String>;
-
-/// Runs a shard on the current thread until it has drained.
-pub fn run(
-    id: usize,
-    cfg: Arc<Config>,
-    metrics: Arc<Metrics>,
-    cluster: Option<ClusterHandle>,
-    listener: std::net::TcpListener,
-    (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
-    ready: std::sync::mpsc::Sender<ReadyReport>,
-) {
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    if !cores.is_empty() {
-        let core = cores[id % cores.len()];
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(shard = id, "could not pin to CPU {}", core.id);
-        }
-    }
-    let (mut rt, driver) = match runtime::build_runtime(cfg.driver) {
-        Ok(built) => built,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: cannot use listener: {e}")));
-                return;
-            }
-        };
-        let shard = Shard::new(id, cfg, metrics, cluster, rx.clone(), requeue);
-        let _ = ready.send(Ok(driver));
-        monoio::spawn(session::accept_loop(shard.clone(), listener));
-        monoio::spawn(sweep::sweep_loop(shard.clone()));
-        while let Ok(msg) = rx.recv_async().await {
-            let mut next = Some(msg);
-            let mut waited = false;
-            while let Some(msg) = next.take() {
-                match msg {
-                    ShardMsg::Broadcast(b) => shard.enqueue_broadcast(&b),
-                    ShardMsg::Drain => {
-                        shard.flush_dirty();
-                        shard.drain().await;
-                        shard.stopped.set(true);
-                        return;
-                    }
-                }
-                if shard.batch_has_room() {
-                    next = rx.try_recv().ok();
-                    if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
-                        // --flush-delay: let more broadcasts join this batch, so that each
-                        // connection gets them in one write. Connections keep being served.
-                        waited = true;
-                        monoio::time::sleep(shard.cfg.flush_delay).await;
-                        next = rx.try_recv().ok();
-                    }
-                }
-            }
-            shard.flush_dirty();
-            if !rx.is_empty() {
-                // A backlog: `recv_async` would return at once and this task would never
-                // give way. Let the writers, read loops and accept loop run (and the driver
-                // poll) between two batches, so that a connection blocked on its socket can
-                // drain before it is offered the next batch.
-                yield_now().await;
-            }
-        }
-    });
-}
-
-/// Gives way to every other ready task of the runtime once (monoio 0.2 has no public
-/// `yield_now`): the first poll wakes itself and returns `Pending`.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// The writer task, alive only while the connection's queue waits on a full socket.

@@ -1,4 +1,6 @@
-//! A shard's runtime: io_uring where the kernel allows it, epoll otherwise, both with timers.
+//! A shard's thread: pinned to its CPU, running one monoio runtime (io_uring where the
+//! kernel allows it, epoll otherwise, both with timers), and the batch loop that takes the
+//! hub's broadcasts, queues them on subscribers and flushes.
 //!
 //! The io_uring probe lives here once; `crier check` asks it too, so the preflight and the
 //! server never disagree about which driver a shard will get.
@@ -8,7 +10,15 @@ use std::io;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::config::DriverChoice;
+use std::sync::Arc;
+
+use monoio::net::TcpListener;
+
+use super::{Shard, session, sweep};
+use crate::cluster::ClusterHandle;
+use crate::config::{Config, DriverChoice};
+use crate::hub::ShardMsg;
+use crate::ops::metrics::Metrics;
 
 /// The runtime type every shard runs: io_uring or epoll, both with timers.
 pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -59,4 +69,94 @@ pub fn build_runtime(choice: DriverChoice) -> Result<(Runtime, &'static str), St
             Err(_) => epoll(),
         },
     }
+}
+
+/// What a shard thread reports once its runtime is up: the driver, or why it failed.
+pub type ReadyReport = Result<&'static str, String>;
+
+/// Runs a shard on the current thread until it has drained.
+pub fn run(
+    id: usize,
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    cluster: Option<ClusterHandle>,
+    listener: std::net::TcpListener,
+    (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
+    ready: std::sync::mpsc::Sender<ReadyReport>,
+) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if !cores.is_empty() {
+        let core = cores[id % cores.len()];
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(shard = id, "could not pin to CPU {}", core.id);
+        }
+    }
+    let (mut rt, driver) = match build_runtime(cfg.driver) {
+        Ok(built) => built,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: cannot use listener: {e}")));
+                return;
+            }
+        };
+        let shard = Shard::new(id, cfg, metrics, cluster, rx.clone(), requeue);
+        let _ = ready.send(Ok(driver));
+        monoio::spawn(session::accept_loop(shard.clone(), listener));
+        monoio::spawn(sweep::sweep_loop(shard.clone()));
+        while let Ok(msg) = rx.recv_async().await {
+            let mut next = Some(msg);
+            let mut waited = false;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ShardMsg::Broadcast(b) => shard.enqueue_broadcast(&b),
+                    ShardMsg::Drain => {
+                        shard.flush_dirty();
+                        shard.drain().await;
+                        shard.stopped.set(true);
+                        return;
+                    }
+                }
+                if shard.batch_has_room() {
+                    next = rx.try_recv().ok();
+                    if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
+                        // --flush-delay: let more broadcasts join this batch, so that each
+                        // connection gets them in one write. Connections keep being served.
+                        waited = true;
+                        monoio::time::sleep(shard.cfg.flush_delay).await;
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+            shard.flush_dirty();
+            if !rx.is_empty() {
+                // A backlog: `recv_async` would return at once and this task would never
+                // give way. Let the writers, read loops and accept loop run (and the driver
+                // poll) between two batches, so that a connection blocked on its socket can
+                // drain before it is offered the next batch.
+                yield_now().await;
+            }
+        }
+    });
+}
+
+/// Gives way to every other ready task of the runtime once (monoio 0.2 has no public
+/// `yield_now`): the first poll wakes itself and returns `Pending`.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }

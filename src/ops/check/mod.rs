@@ -17,10 +17,9 @@
 //! `crier check` never changes the system: it only reads, and probes io_uring with a ring
 //! that it closes at once.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use crate::config;
+use crate::config::CheckArgs;
 
 mod readings;
 mod report;
@@ -31,32 +30,6 @@ mod tests;
 use readings::Readings;
 pub use readings::{NofileLimits, nofile_limits};
 use rules::assess;
-
-/// Arguments of `crier check`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct CheckArgs {
-    /// Connections this machine should hold (compare `crier serve --max-connections`).
-    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS as u64, value_name = "N")]
-    pub connections: u64,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// The address `crier serve --listen` will bind (checked against privileged ports and
-    /// the local port range).
-    #[arg(long, default_value = config::DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// The listen backlog `crier serve --backlog` will ask for (capped by somaxconn).
-    #[arg(long, default_value_t = config::DEFAULT_BACKLOG as u64, value_name = "N")]
-    pub backlog: u64,
-    /// The shards `crier serve --shards` will run: the descriptor reserve grows with them.
-    /// [default: online CPUs, as serve]
-    #[arg(long, value_name = "N")]
-    pub shards: Option<usize>,
-    /// `crier serve` will run in cluster mode (`--redis`): its Redis connections are part
-    /// of the descriptor reserve.
-    #[arg(long)]
-    pub cluster: bool,
-}
 
 /// `crier check`: reads this machine, prints the report, exits 1 when something blocks N.
 pub fn run(args: &CheckArgs) -> ExitCode {

@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 
-use super::CheckArgs;
 use super::readings::{Conntrack, IoUring, Readings};
 use super::report::{Finding, MemoryEstimate, Report, Status, human_bytes};
+use crate::config::CheckArgs;
 
 /// Kernel memory per idle connection: socket, inode, dentry, TCP state and the epoll or
 /// io_uring poll entry (~3.6 KiB, measured; see DESIGN.md). Not counted in `tcp_mem`.

@@ -1,13 +1,13 @@
 //! The preflight on made-up machines: [`Readings`] in, findings, table and JSON out. The
 //! rules are judged here rather than in `rules.rs` to keep that file to the rules themselves.
 
-use super::CheckArgs;
 use super::readings::{Conntrack, IoUring, Readings, parse_port_list};
 use super::report::{Finding, Report, Status, render_table};
 use super::rules::{
     CONNTRACK_FILE, KERNEL_BYTES_PER_CONN, LIMITS_FILE, LOW_PORT_DROPIN, SYSCTL_FILE, UNIT_FILE, USER_BYTES_PER_CONN,
     assess,
 };
+use crate::config::CheckArgs;
 
 /// A well-tuned 16 GiB, 4-CPU machine.
 fn tuned() -> Readings {
