@@ -560,37 +560,12 @@ fn nginx_in_front_of(nodes: &[&Server]) -> Nginx {
     let d = dir.path().to_path_buf();
     let port = free_port();
     let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/crier.conf")).unwrap();
-    // Drop the port-80 redirect block; keep the rest line by line.
-    let redirect_start = sample.find("server {\n    listen 80;").expect("the sample's redirect block");
-    let redirect_end = redirect_start + sample[redirect_start..].find("}\n").unwrap() + 2;
-    let sample = format!("{}{}", &sample[..redirect_start], &sample[redirect_end..]);
-    let mut site = String::new();
-    let mut upstream_done = false;
-    for line in sample.lines() {
-        let t = line.trim();
-        if t.starts_with("server 10.") {
-            if !upstream_done {
-                for n in nodes {
-                    site.push_str(&format!("    server {} max_fails=3 fail_timeout=10s;\n", n.ws));
-                }
-                upstream_done = true;
-            }
-            continue;
-        }
-        if t.starts_with("ssl_") || t.starts_with("listen [::]") {
-            continue;
-        }
-        site.push_str(&line.replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port};")));
-        site.push('\n');
-    }
+    let upstreams: Vec<String> =
+        nodes.iter().map(|n| format!("server {} max_fails=3 fail_timeout=10s;", n.ws)).collect();
+    let site = nginx_plain_site(&sample, &upstreams, port);
     assert!(site.contains("least_conn;"), "the sample balances with least_conn");
     std::fs::write(d.join("site.conf"), site).unwrap();
-    let main = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
-         uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n include {d}/site.conf;\n}}\n",
-        d = d.display()
-    );
+    let main = nginx_main_conf(&d, "site.conf", 1024);
     std::fs::write(d.join("nginx.conf"), main).unwrap();
     let child = Command::new("nginx")
         .arg("-p")

@@ -17,6 +17,10 @@
 //! the file as shipped. Needs `systemd` (systemd-analyze, systemd-sysusers) and `shellcheck`:
 //! `apt-get install -y systemd shellcheck`.
 
+// The one NGINX helper the cluster tests share; this file needs nothing else of `common`.
+#[path = "common/nginx.rs"]
+mod nginx;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +29,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use nginx::{nginx_main_conf, nginx_plain_site};
 
 const BIN: &str = env!("CARGO_BIN_EXE_crier");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -593,14 +599,7 @@ fn nginx_sample_is_valid_and_proxies_websockets() {
         .arg("-out")
         .arg(d.join("cert.pem")));
     assert!(out.status.success(), "{}", text(&out));
-    let main_conf = |site: &str| {
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n \
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n include {d}/{site};\n}}\n",
-            d = d.display()
-        )
-    };
+    let main_conf = |site: &str| nginx_main_conf(d, site, 256);
     let sample = read("deploy/nginx/crier.conf");
 
     // 1. The sample as shipped (TLS and all), with our certificate: nginx -t.
@@ -616,23 +615,7 @@ fn nginx_sample_is_valid_and_proxies_websockets() {
     //    HTTP (no TLS client here), every upstream replaced by the local crier.
     let crier_port = free_port();
     let nginx_port = free_port();
-    let mut site = String::new();
-    let mut upstream_done = false;
-    for line in sample.lines() {
-        let t = line.trim();
-        if t.starts_with("server 10.") {
-            if !upstream_done {
-                site.push_str(&format!("    server 127.0.0.1:{crier_port};\n"));
-                upstream_done = true;
-            }
-            continue;
-        }
-        if t.starts_with("ssl_") || t.starts_with("listen [::]") || t == "listen 80;" {
-            continue;
-        }
-        site.push_str(&line.replace("listen 443 ssl;", &format!("listen 127.0.0.1:{nginx_port};")));
-        site.push('\n');
-    }
+    let site = nginx_plain_site(&sample, &[format!("server 127.0.0.1:{crier_port};")], nginx_port);
     std::fs::write(d.join("plain.conf"), site).unwrap();
     std::fs::write(d.join("nginx-plain.conf"), main_conf("plain.conf")).unwrap();
 

@@ -9,6 +9,7 @@
 //! - `server`: temporary directories, `ServerBuilder` and the running `Server`.
 //! - `prometheus`: parsing `/metrics`.
 //! - `http`: plain HTTP requests and responses.
+//! - `nginx`: the shipped NGINX sample as a plain-HTTP site on loopback.
 //! - `ws`: the raw WebSocket client, frame and deflate helpers, tungstenite as a second client.
 //! - `publisher`: the publisher protocol over the Unix socket.
 //! - `command`: `crier <subcommand>` as a plain command.
@@ -113,6 +114,9 @@ mod prometheus;
 #[allow(unused_imports)]
 pub use prometheus::*;
 mod http;
+#[allow(unused_imports)]
+pub use nginx::*;
+mod nginx;
 #[allow(unused_imports)]
 pub use http::*;
 mod ws;
