@@ -587,10 +587,10 @@ fn free_port() -> u16 {
 
 #[test]
 fn nginx_sample_is_valid_and_proxies_websockets() {
-    if !have("nginx") || !have("openssl") {
-        eprintln!("skipped: nginx or openssl not installed (apt-get install -y nginx-light openssl)");
-        return;
-    }
+    assert!(
+        have("nginx") && have("openssl"),
+        "nginx or openssl is not installed: apt-get install -y nginx-light openssl (scripts/test.sh installs them)"
+    );
     let dir = TempDir::new("nginx");
     let d = &dir.0;
     let out = run(Command::new("openssl")
