@@ -89,12 +89,21 @@ impl Hub {
         payload: &[u8],
         published_at: Instant,
     ) {
-        let mut broadcast = self.encode(channel, seq, epoch, kind, payload, published_at);
+        let compressor = &mut self.compressor;
+        let mut broadcast = Broadcast::encode(
+            &self.metrics,
+            |p| compressor.compress(p),
+            channel,
+            seq,
+            epoch,
+            kind,
+            payload,
+            published_at,
+        );
         if self.metrics.envelope_connections.load(Relaxed) > 0 {
             // Built here, before the broadcast is shared, so no shard ever waits on another
             // for it; a shard builds its own only for broadcasts from before its first
             // envelope subscriber (see `ShardFrames`).
-            let compressor = &mut self.compressor;
             broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
         let broadcast = Arc::new(broadcast);
@@ -102,20 +111,6 @@ impl Hub {
             // A shard that has exited (only during shutdown) just misses the message.
             let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
         }
-    }
-
-    /// Encodes once and compresses at most once.
-    fn encode(
-        &mut self,
-        channel: ChannelName,
-        seq: u64,
-        epoch: u64,
-        kind: MessageKind,
-        payload: &[u8],
-        at: Instant,
-    ) -> Broadcast {
-        let compressor = &mut self.compressor;
-        Broadcast::encode(&self.metrics, |p| compressor.compress(p), channel, seq, epoch, kind, payload, at)
     }
 
     /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].
