@@ -72,6 +72,12 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// SIGSTOP / SIGCONT by PID: Redis stops answering, with everything kept.
+    fn pause(&self, stop: bool) {
+        let c = self.child.as_ref().expect("redis-server running");
+        unsafe { libc::kill(c.id() as i32, if stop { libc::SIGSTOP } else { libc::SIGCONT }) };
+    }
+
     /// SIGKILL by PID and reap: Redis loses everything (no persistence).
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -342,16 +348,52 @@ fn redis_restart_mid_stream() {
         acked.push(payload);
     }
     for s in [&mut sa, &mut sb] {
-        let got: Vec<Env> = (0..acked.len()).map(|_| next_env(s)).collect();
+        let mut got: Vec<Env> = (0..20).map(|_| next_env(s)).collect();
+        // Redis lost the channel: before the first message of its new epoch, live
+        // subscribers are told that their seqs mean nothing now.
+        let reset = s.expect_text();
+        got.extend((20..acked.len()).map(|_| next_env(s)));
         let payloads: Vec<String> = got.iter().map(|e| e.payload.clone()).collect();
         assert_eq!(payloads, acked, "every +OK'd message once, in order, over the restart");
         assert_ne!(got[0].epoch, got[20].epoch, "Redis lost the channel: a new epoch");
+        assert_eq!(reset, format!("reset s {}\n", got[20].epoch), "the reset names the new epoch");
+        assert_eq!(got[20].seq, 1, "and seqs start afresh");
         let extra = drain_text(s, Duration::from_millis(300));
         assert!(extra.is_empty(), "nothing twice: {extra:?}");
     }
+    // One reset per live crier.v1 subscriber, counted on its node.
+    assert_eq!(a.metric0("crier_live_resets_total", &[]), 1.0);
+    assert_eq!(b.metric0("crier_live_resets_total", &[]), 1.0);
     a.assert_running();
     b.assert_running();
     assert!(a.metric0("crier_redis_reconnects_total", &[]) >= 1.0);
+}
+
+/// A publish whose script call is in flight when Redis stops answering gets `-ERR redis
+/// outcome unknown`, not "unavailable": the call was sent, and Redis may still run it. Here
+/// it does, once it is resumed: the node's resynchronisation delivers the message, once, in
+/// order, so a publisher that retried would have sent it twice (README "Cluster mode").
+#[test]
+fn in_flight_publish_when_redis_stalls_is_outcome_unknown() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let mut s = env_ws(&a, "/ws?channels=u");
+    wait_conns(&a, 1);
+    let mut p = a.publisher();
+    assert_eq!(p.publish("u", b"one", false), 1);
+    assert_eq!(next_env(&mut s).seq, 1);
+    redis.pause(true);
+    p.send(&pub_command("u", b"two", None)).unwrap();
+    assert_eq!(p.expect_line(), "-ERR redis outcome unknown", "sent, never answered");
+    assert_eq!(a.metric0("crier_publish_errors_total", &[("reason", "redis_outcome_unknown")]), 1.0);
+    assert_eq!(a.metric0("crier_publish_errors_total", &[("reason", "redis_unavailable")]), 0.0);
+    redis.pause(false);
+    let e = next_env(&mut s);
+    assert_eq!((e.seq, e.payload.as_str()), (2, "two"), "Redis ran it after all; the node caught up");
+    wait_redis_up(&a);
+    assert_eq!(p.publish("u", b"three", false), 3);
+    assert_eq!(next_env(&mut s).seq, 3);
+    assert!(drain_text(&mut s, Duration::from_millis(300)).is_empty(), "nothing twice");
 }
 
 /// Appends a message to a channel's state in Redis the way the script does, but without
@@ -809,4 +851,61 @@ fn descriptor_reserve_holds_the_redis_connections() {
         assert_eq!(m.text(), "after");
     }
     assert!(s.open_fds() <= NOFILE as usize, "{} descriptors", s.open_fds());
+}
+
+/// A node that cannot keep up with what Redis sends it (here one of its shards is wedged)
+/// stays bounded: its queues fill, it stops taking pub/sub and re-subscribes later instead
+/// of buffering without end. Another node's subscribers meanwhile get every message.
+#[test]
+fn a_node_that_falls_behind_stays_bounded() {
+    use std::io::{BufRead, BufReader, Write};
+    const N: usize = 100_000;
+    let redis = Redis::start();
+    let slow = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url(), "--debug-wedge-shard", "1@1s"]).start();
+    wait_redis_up(&slow);
+    let mut fast =
+        ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url(), "--max-queue-bytes", "64MiB"]).start();
+    wait_redis_up(&fast);
+    let mut sub = fast.ws("/ws?channels=f");
+    wait_conns(&fast, 1);
+    wait_until(Duration::from_secs(10), "shard 1 of the slow node to wedge", || {
+        slow.metric0("crier_shard_sweep_age_seconds", &[("shard", "1")]) > 1.5
+    });
+    let rss_before = slow.rss_bytes();
+    let filler = "x".repeat(1000);
+    let mut backlog = Vec::with_capacity(N * 1030);
+    for i in 0..N {
+        backlog.extend_from_slice(&pub_command("f", format!("{i:07} {filler}").as_bytes(), None));
+    }
+    let publisher = std::os::unix::net::UnixStream::connect(&fast.publish).unwrap();
+    let reader = {
+        let stream = publisher.try_clone().unwrap();
+        std::thread::spawn(move || {
+            stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let (mut r, mut line, mut ok) = (BufReader::new(stream), String::new(), 0);
+            while ok < N {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.starts_with("+OK ") => ok += 1,
+                    Ok(_) => panic!("publisher got {line:?}"),
+                }
+            }
+            ok
+        })
+    };
+    let mut writer = publisher.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&backlog).map(|_| ()));
+    for i in 0..N {
+        let m = sub.recv(Duration::from_secs(30)).unwrap_or_else(|e| panic!("after {i} messages: {e:?}"));
+        assert_eq!(&m.text()[..7], format!("{i:07}"), "in order, once");
+    }
+    sender.join().unwrap().unwrap();
+    assert_eq!(reader.join().unwrap(), N, "every publish answered +OK");
+    assert!(slow.metric0("crier_redis_fell_behind_total", &[]) >= 1.0, "the slow node noticed");
+    let grown = slow.rss_bytes().saturating_sub(rss_before);
+    eprintln!("slow node RSS grew by {} MiB", grown >> 20);
+    // Unbounded, it grew by 300 MB for twice this traffic (redis-rs buffers pub/sub).
+    assert!(grown < 64 << 20, "the slow node's RSS grew by {grown} bytes while {} MB went through Redis", N / 1000);
+    fast.assert_running();
 }

@@ -100,9 +100,24 @@ fn masked(url: &str) -> String {
     }
 }
 
-/// The answer to a publish: the seq Redis assigned, or `None` when Redis could not be
-/// reached (or refused), in which case nothing was numbered by us.
-pub type PublishReply = tokio::sync::oneshot::Receiver<Option<u64>>;
+/// Why a publish got no seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// The script did not run: no session, or Redis refused the call before running it
+    /// (`NOSCRIPT`, a connection already gone). The message was not published.
+    Unavailable,
+    /// The call was sent but its answer never came (the connection broke or timed out while
+    /// it was in flight), or the script failed part-way through a batch: Redis may have
+    /// published the message. The publisher must not assume either way (README "Cluster
+    /// mode": a retry may deliver it twice, under two seqs).
+    Unknown,
+}
+
+/// What a publish came to: the seq Redis assigned, or why there is none.
+pub type PublishOutcome = Result<u64, PublishFailure>;
+
+/// The answer to a publish, once Redis has answered (or could not).
+pub type PublishReply = tokio::sync::oneshot::Receiver<PublishOutcome>;
 
 /// What a channel's stream held, read back for a resume or a repair.
 #[derive(Debug, Clone, Default)]
@@ -122,7 +137,7 @@ pub enum Command {
         channel: ChannelName,
         kind: MessageKind,
         payload: Bytes,
-        reply: tokio::sync::oneshot::Sender<Option<u64>>,
+        reply: tokio::sync::oneshot::Sender<PublishOutcome>,
     },
     /// Read the stream of `channel` after `after` (a resume on a shard).
     Fetch { channel: ChannelName, after: u64, reply: tokio::sync::oneshot::Sender<Option<Fetched>> },
@@ -167,6 +182,9 @@ impl ClusterHandle {
     }
 }
 
+/// Messages from Redis waiting for the control thread, at most.
+pub const DELIVERY_QUEUE: usize = 4096;
+
 /// Messages from Redis for the control thread's hub (see [`crate::publish::spawn_cluster_deliveries`]).
 pub type Deliveries = flume::Receiver<Delivery>;
 
@@ -177,9 +195,16 @@ pub type Deliveries = flume::Receiver<Delivery>;
 /// answers to one turn's commands (at most `TURN_COMMANDS`, `TURN_BYTES`) before it reads
 /// more, at most `MAX_PUBLISHERS` are connected, and a shard's fetch is one per resuming
 /// connection, awaited before it is registered.
+///
+/// The delivery queue is bounded ([`DELIVERY_QUEUE`]): when the control thread falls behind
+/// (it waits while a shard's queue is over its high-water mark, as publishers do), the
+/// cluster thread stops reading pub/sub, Redis buffers for this node up to its
+/// `client-output-buffer-limit pubsub` and then drops the subscription; the next session
+/// resynchronises every channel from the streams. Memory stays bounded on both sides and
+/// nothing the streams still hold is lost.
 pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(ClusterHandle, Deliveries), String> {
     let (commands, command_rx) = flume::unbounded();
-    let (deliveries, delivery_rx) = flume::unbounded();
+    let (deliveries, delivery_rx) = flume::bounded(DELIVERY_QUEUE);
     metrics.redis.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     std::thread::Builder::new()
         .name("crier-cluster".into())
@@ -197,11 +222,16 @@ pub async fn splice_replies(replies: &mut Vec<u8>, pending: &mut Vec<(usize, Pub
         replies.extend_from_slice(&immediate[at..pos]);
         at = pos;
         match reply.await {
-            Ok(Some(seq)) => {
+            Ok(Ok(seq)) => {
                 metrics.messages_published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 replies.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
             }
-            _ => {
+            Ok(Err(PublishFailure::Unknown)) => {
+                metrics.publish_error(PublishError::RedisOutcomeUnknown);
+                replies.extend_from_slice(b"-ERR redis outcome unknown\r\n");
+            }
+            // The cluster thread is gone (only while the process exits): nothing was sent.
+            Ok(Err(PublishFailure::Unavailable)) | Err(_) => {
                 metrics.publish_error(PublishError::RedisUnavailable);
                 replies.extend_from_slice(b"-ERR redis unavailable\r\n");
             }

@@ -22,14 +22,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::script::{self, Addressed, Names};
 use super::sequencer::{Sequencer, Verdict};
-use super::{Command, Delivery, Fetched, RedisConfig};
+use super::{Command, DELIVERY_QUEUE, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
@@ -183,7 +183,7 @@ struct Pending {
     channel: ChannelName,
     kind: MessageKind,
     payload: Bytes,
-    reply: tokio::sync::oneshot::Sender<Option<u64>>,
+    reply: tokio::sync::oneshot::Sender<PublishOutcome>,
 }
 
 impl Node {
@@ -225,7 +225,7 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 cmd = self.commands.recv_async() => match cmd {
-                    Ok(Command::Publish { reply, .. }) => { let _ = reply.send(None); }
+                    Ok(Command::Publish { reply, .. }) => { let _ = reply.send(Err(PublishFailure::Unavailable)); }
                     Ok(Command::Fetch { reply, .. }) => { let _ = reply.send(None); }
                     // The control thread is gone: the process is exiting.
                     Err(_) => std::future::pending::<()>().await,
@@ -251,16 +251,9 @@ impl Node {
         if sha != self.script.get_hash() {
             return Err(format!("SCRIPT LOAD returned {sha}, expected {}", self.script.get_hash()));
         }
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "pub/sub connection timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.psubscribe(script::pattern(&self.prefix)))
-            .await
-            .map_err(|_| "PSUBSCRIBE timed out".to_string())?
-            .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
+        let stream = subscribe(&self.client, &self.prefix).await?;
         let link = Link { conn, broken: Arc::new(Notify::new()), metrics: self.metrics.clone() };
-        Ok((link, pubsub.into_on_message()))
+        Ok((link, stream))
     }
 
     /// Runs one session until it breaks; returns why.
@@ -269,10 +262,23 @@ impl Node {
         let (prefix, script_hash) = (self.prefix.clone(), self.script.get_hash().to_string());
         let cfg = self.cfg.clone();
         tokio::select! {
-            why = receive(&mut self.sequencer, &self.deliveries, link, stream, &prefix, self.node_id) => why,
+            why = receive(&self.client, &mut self.sequencer, &self.deliveries, link, stream, &prefix, self.node_id) => why,
             why = serve_commands(&commands, link, &prefix, &script_hash, &cfg) => why,
         }
     }
+}
+
+/// Opens a pub/sub connection subscribed to every channel of the prefix.
+async fn subscribe(client: &redis::Client, prefix: &str) -> Result<PubSubStream, String> {
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| "pub/sub connection timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.psubscribe(script::pattern(prefix)))
+        .await
+        .map_err(|_| "PSUBSCRIBE timed out".to_string())?
+        .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
+    Ok(pubsub.into_on_message())
 }
 
 /// Takes publishes off the queue, batches them and keeps up to MAX_IN_FLIGHT script calls
@@ -309,7 +315,7 @@ async fn serve_commands(
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p,
             _ = link.broken.notified() => {
-                let _ = first.reply.send(None);
+                let _ = first.reply.send(Err(PublishFailure::Unavailable));
                 return "connection lost";
             }
         };
@@ -356,19 +362,21 @@ async fn dispatch(link: &Link, cmd: redis::Cmd, batch: Vec<Pending>, permit: Own
     let link = link.clone();
     let finish = move |result: redis::RedisResult<Value>| {
         drop(permit);
-        let seqs = match &result {
-            Ok(v) => script::parse_reply(v, batch.len()),
+        let outcome: Result<Vec<(u64, u64)>, PublishFailure> = match &result {
+            Ok(v) => script::parse_reply(v, batch.len()).ok_or_else(|| {
+                // Answered, but not as the script answers: something else ran under its
+                // name, or it failed after publishing part of the batch.
+                tracing::warn!("redis: unexpected reply from the publish script: {v:?}");
+                PublishFailure::Unknown
+            }),
             Err(e) => {
                 link.failed(e);
-                None
+                Err(failure_of(e))
             }
         };
-        if result.is_ok() && seqs.is_none() {
-            tracing::warn!("redis: unexpected reply from the publish script: {result:?}");
-        }
         link.metrics.redis.record_publish(started.elapsed(), batch.len() as u64);
         for (i, p) in batch.into_iter().enumerate() {
-            let _ = p.reply.send(seqs.as_ref().map(|s| s[i].1));
+            let _ = p.reply.send(outcome.as_ref().map(|s| s[i].1).map_err(|f| *f));
         }
     };
     match first {
@@ -377,6 +385,16 @@ async fn dispatch(link: &Link, cmd: redis::Cmd, batch: Vec<Pending>, permit: Own
             tokio::spawn(async move { finish(call.await) });
         }
     }
+}
+
+/// What a failed script call means for its messages. Only a refusal that says the script
+/// never ran (`NOSCRIPT`, `BUSY`, `LOADING`), or one that no write of it can pass
+/// (`READONLY`, `MASTERDOWN`: a replica), proves nothing was published; a broken connection or a timeout leaves the call's
+/// fate unknown, and so does an error raised inside the script (Redis keeps the writes it
+/// made before the error).
+fn failure_of(e: &redis::RedisError) -> PublishFailure {
+    let refused_before_running = matches!(e.code(), Some("NOSCRIPT" | "BUSY" | "LOADING" | "MASTERDOWN" | "READONLY"));
+    if refused_before_running { PublishFailure::Unavailable } else { PublishFailure::Unknown }
 }
 
 fn spawn_fetch(
@@ -393,34 +411,97 @@ fn spawn_fetch(
     });
 }
 
-/// Consumes the pub/sub stream: resynchronises first, then delivers in seq order,
-/// repairing gaps, and probes when idle. Returns when the subscription is gone.
+/// Consumes pub/sub until the session breaks. When the control thread falls behind (see
+/// [`deliver`]) it drops the subscription, with whatever redis-rs has buffered for it,
+/// waits for the delivery queue to drain, and subscribes again: the resynchronisation at
+/// the start of [`listen`] reads what was missed from the streams. Publishing goes on
+/// meanwhile, on the session's command connection.
 async fn receive(
+    client: &redis::Client,
     sequencer: &mut Sequencer,
     deliveries: &flume::Sender<Delivery>,
     link: &Link,
-    mut stream: PubSubStream,
+    stream: PubSubStream,
     prefix: &str,
     node: u64,
 ) -> &'static str {
+    let mut stream = stream;
+    loop {
+        let mut current = stream;
+        match listen(sequencer, deliveries, link, &mut current, prefix, node).await {
+            Err(Behind { channel, seq, epoch }) => {
+                link.metrics.redis.fell_behind.fetch_add(1, Relaxed);
+                // The resynchronisation reads back the channels the sequencer knows. Make
+                // it know every channel whose messages are about to be dropped: the one
+                // that did not fit, and those redis-rs has already buffered.
+                sequencer.missed(&channel, seq, epoch);
+                while let Some(Some(msg)) = current.next().now_or_never() {
+                    if let (Addressed::Channel(c), Some(m)) = (
+                        script::addressed(prefix, msg.get_channel_name()),
+                        script::parse_message(msg.get_payload_bytes()),
+                    ) {
+                        sequencer.missed(&c, m.seq, m.epoch);
+                    }
+                }
+                // Closes the pub/sub connection: redis-rs stops reading it into its buffer.
+                drop(current);
+                tracing::warn!(
+                    "redis: this node fell behind the messages Redis sends it; re-subscribing and reading the streams"
+                );
+                while deliveries.len() > DELIVERY_QUEUE / 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                stream = match subscribe(client, prefix).await {
+                    Ok(s) => s,
+                    Err(_) => return "pub/sub reconnect failed",
+                };
+            }
+            Ok(why) => return why,
+        }
+    }
+}
+
+/// The control thread did not take this message within [`BEHIND_AFTER`].
+struct Behind {
+    channel: ChannelName,
+    seq: u64,
+    epoch: u64,
+}
+
+/// How long [`deliver`] waits for room in the delivery queue before the node counts as
+/// behind. It bounds what redis-rs buffers meanwhile (it reads pub/sub into an unbounded
+/// channel whether or not anyone takes from it): this long of the node's inbound traffic.
+const BEHIND_AFTER: Duration = Duration::from_millis(250);
+
+/// Consumes one subscription: resynchronises first, then delivers in seq order, repairing
+/// gaps, and probes when idle. Returns why the subscription (and the session) ended, or
+/// `Behind`.
+async fn listen(
+    sequencer: &mut Sequencer,
+    deliveries: &flume::Sender<Delivery>,
+    link: &Link,
+    stream: &mut PubSubStream,
+    prefix: &str,
+    node: u64,
+) -> Result<&'static str, Behind> {
     let metrics = &link.metrics;
     // Resynchronise: what was published while this node was not subscribed is in the
     // streams. Messages arriving meanwhile wait in the pub/sub stream; the sequencer drops
     // the ones the catch-up already delivered.
     for (channel, pos) in sequencer.positions() {
         let Some(f) = link.fetch(prefix, &channel, pos.seq + 1, None).await else {
-            return "resynchronisation failed";
+            return Ok("resynchronisation failed");
         };
         let f = match f.epoch {
             None => continue, // Redis holds nothing for it; the next message starts an epoch
             Some(e) if e == pos.epoch => f,
             Some(_) => match link.fetch(prefix, &channel, 1, None).await {
                 Some(f) => f,
-                None => return "resynchronisation failed",
+                None => return Ok("resynchronisation failed"),
             },
         };
         let Some(epoch) = f.epoch else { continue };
-        repair_from(sequencer, deliveries, metrics, &channel, epoch, f.entries, None);
+        repair_from(sequencer, deliveries, metrics, &channel, epoch, f.entries, None).await?;
     }
     let probe_channel = script::probe_channel(prefix, node);
     let mut probe: Option<(String, Instant)> = None;
@@ -434,7 +515,7 @@ async fn receive(
                 match &probe {
                     Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => {
                         metrics.redis.probes_failed.fetch_add(1, Relaxed);
-                        return "subscription probe did not come back";
+                        return Ok("subscription probe did not come back");
                     }
                     None if last_heard.elapsed() > PROBE_IDLE => {
                         probes += 1;
@@ -450,7 +531,7 @@ async fn receive(
                 continue;
             }
         };
-        let Some(msg) = msg else { return "subscription closed" };
+        let Some(msg) = msg else { return Ok("subscription closed") };
         last_heard = Instant::now();
         match script::addressed(prefix, msg.get_channel_name()) {
             Addressed::Probe(n) if n == node => {
@@ -467,15 +548,17 @@ async fn receive(
                 probe = None; // anything heard proves the subscription delivers
                 match sequencer.check(&channel, m.seq, m.epoch) {
                     Verdict::Duplicate => {}
-                    Verdict::Deliver => deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload),
+                    Verdict::Deliver => {
+                        deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload).await?
+                    }
                     Verdict::Missing { from, to } => {
                         // Read the hole back from the stream before this message goes out.
                         let Some(f) = link.fetch(prefix, &channel, from, Some(to)).await else {
-                            return "repair failed";
+                            return Ok("repair failed");
                         };
                         let entries = if f.epoch == Some(m.epoch) { f.entries } else { Vec::new() };
-                        repair_from(sequencer, deliveries, metrics, &channel, m.epoch, entries, Some(to));
-                        deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload);
+                        repair_from(sequencer, deliveries, metrics, &channel, m.epoch, entries, Some(to)).await?;
+                        deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload).await?;
                     }
                 }
             }
@@ -485,7 +568,7 @@ async fn receive(
 
 /// Delivers fetched entries that the sequencer still lacks, counting what was repaired and
 /// what Redis no longer held (up to `to`, or up to the last entry).
-fn repair_from(
+async fn repair_from(
     sequencer: &mut Sequencer,
     deliveries: &flume::Sender<Delivery>,
     metrics: &Metrics,
@@ -493,7 +576,7 @@ fn repair_from(
     epoch: u64,
     entries: Vec<(u64, MessageKind, Bytes)>,
     to: Option<u64>,
-) {
+) -> Result<(), Behind> {
     let start = match sequencer.position(channel) {
         Some(p) if p.epoch == epoch => p.seq,
         _ => 0,
@@ -507,7 +590,7 @@ fn repair_from(
             metrics.redis.unrepairable.fetch_add(seq - expected, Relaxed);
         }
         metrics.redis.repaired.fetch_add(1, Relaxed);
-        deliver(sequencer, deliveries, channel, seq, epoch, kind, payload);
+        deliver(sequencer, deliveries, channel, seq, epoch, kind, payload).await?;
         expected = seq + 1;
     }
     if let Some(to) = to
@@ -517,9 +600,13 @@ fn repair_from(
         metrics.redis.unrepairable.fetch_add(lost, Relaxed);
         tracing::warn!("redis: {lost} message(s) of {channel} before seq {} are no longer in its stream", to + 1);
     }
+    Ok(())
 }
 
-fn deliver(
+/// Hands one message to the control thread, waiting up to [`BEHIND_AFTER`] for room in its
+/// queue. The message counts as delivered only once queued, so after `Behind` the
+/// resynchronisation reads it (and what follows) back from the stream.
+async fn deliver(
     sequencer: &mut Sequencer,
     deliveries: &flume::Sender<Delivery>,
     channel: &ChannelName,
@@ -527,8 +614,17 @@ fn deliver(
     epoch: u64,
     kind: MessageKind,
     payload: Bytes,
-) {
+) -> Result<(), Behind> {
+    let d = Delivery { channel: channel.clone(), seq, epoch, kind, payload, received_at: Instant::now() };
+    match deliveries.try_send(d) {
+        Ok(()) => {}
+        Err(flume::TrySendError::Full(d)) => match tokio::time::timeout(BEHIND_AFTER, deliveries.send_async(d)).await {
+            Ok(_) => {}
+            Err(_) => return Err(Behind { channel: channel.clone(), seq, epoch }),
+        },
+        // The control thread is gone: the process is exiting.
+        Err(flume::TrySendError::Disconnected(_)) => {}
+    }
     sequencer.delivered(channel, seq, epoch);
-    let _ =
-        deliveries.send(Delivery { channel: channel.clone(), seq, epoch, kind, payload, received_at: Instant::now() });
+    Ok(())
 }

@@ -63,6 +63,15 @@ impl Sequencer {
         }
     }
 
+    /// `(seq, epoch)` was received but could not be delivered (the node fell behind): make
+    /// sure the next resynchronisation reads it back. A channel seen for the first time is
+    /// placed just before it; a known one already is at or before it.
+    pub fn missed(&mut self, channel: &ChannelName, seq: u64, epoch: u64) {
+        if !self.channels.contains_key(channel) {
+            self.channels.insert(channel.clone(), Position { epoch, seq: seq.saturating_sub(1) });
+        }
+    }
+
     /// Records that `(seq, epoch)` was delivered.
     pub fn delivered(&mut self, channel: &ChannelName, seq: u64, epoch: u64) {
         match self.channels.get_mut(channel) {
@@ -92,5 +101,10 @@ mod tests {
         s.delivered(&a, 3, 9);
         assert_eq!(s.position(&a), Some(Position { epoch: 9, seq: 3 }));
         assert_eq!(s.positions().len(), 1);
+        let b = ChannelName::parse("b").unwrap();
+        s.missed(&b, 12, 9);
+        assert_eq!(s.position(&b), Some(Position { epoch: 9, seq: 11 }), "read back from 12");
+        s.missed(&b, 14, 9);
+        assert_eq!(s.position(&b), Some(Position { epoch: 9, seq: 11 }), "the earliest miss counts");
     }
 }

@@ -73,6 +73,7 @@ labelled!(
         Timeout => "timeout",
         TooManyPublishers => "too_many_publishers",
         RedisUnavailable => "redis_unavailable",
+        RedisOutcomeUnknown => "redis_outcome_unknown",
     }
 );
 
@@ -126,6 +127,9 @@ pub struct Metrics {
     pub messages_replayed: AtomicU64,
     /// Resumes that history could not satisfy: [gap, reset].
     pub resumes_unsatisfied: [AtomicU64; 2],
+    /// `reset` notices sent to live `crier.v1` subscribers when a channel's epoch changed
+    /// under them (cluster mode: Redis lost the channel's state).
+    pub live_resets: AtomicU64,
     /// Why publishers cannot reach crier through `--publish-socket` (replaced, or deleted
     /// and not recreated); `None` while the file there is crier's socket. Read by /healthz.
     pub publish_socket_trouble: Mutex<Option<String>>,
@@ -150,6 +154,8 @@ pub struct RedisMetrics {
     /// Messages a resume read from Redis because this node's history did not hold them.
     pub resume_fetched: AtomicU64,
     pub probes_failed: AtomicU64,
+    /// Times this node fell behind what Redis sent it and re-subscribed (see README).
+    pub fell_behind: AtomicU64,
     /// Round trip of publish script calls, in µs, one sample per message.
     pub publish_latency: Mutex<Option<Histogram<u64>>>,
 }
@@ -164,6 +170,7 @@ impl RedisMetrics {
             unrepairable: AtomicU64::new(0),
             resume_fetched: AtomicU64::new(0),
             probes_failed: AtomicU64::new(0),
+            fell_behind: AtomicU64::new(0),
             publish_latency: Mutex::new(None),
         }
     }
@@ -202,6 +209,7 @@ impl Metrics {
             replays: AtomicU64::new(0),
             messages_replayed: AtomicU64::new(0),
             resumes_unsatisfied: Default::default(),
+            live_resets: AtomicU64::new(0),
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -370,6 +378,13 @@ impl Metrics {
                 self.resumes_unsatisfied[i].load(Relaxed)
             );
         }
+        head(
+            &mut o,
+            "crier_live_resets_total",
+            "counter",
+            "Reset notices sent to live crier.v1 subscribers when a channel's epoch changed (cluster mode).",
+        );
+        let _ = writeln!(o, "crier_live_resets_total {}", self.live_resets.load(Relaxed));
         head(&mut o, "crier_driver", "gauge", "1 for the io driver in use.");
         let driver = self.driver.get().copied().unwrap_or("none");
         for d in ["io_uring", "epoll"] {
@@ -419,6 +434,12 @@ impl Metrics {
             "counter",
             "Idle-subscription probes that did not come back (the subscription was restarted).",
             r.probes_failed.load(Relaxed),
+        );
+        one(
+            "crier_redis_fell_behind_total",
+            "counter",
+            "Times the node could not keep up with Redis and re-subscribed, reading the streams.",
+            r.fell_behind.load(Relaxed),
         );
         let _ = writeln!(
             o,

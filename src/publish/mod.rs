@@ -111,6 +111,12 @@ pub async fn accept_loop(listener: UnixListener, file: Arc<SocketFile>, ingress:
 pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress: Rc<Ingress>) {
     monoio::spawn(async move {
         while let Ok(d) = deliveries.recv_async().await {
+            // The same backpressure as publishers get: a shard that cannot keep up stops
+            // this loop, which fills the bounded delivery queue and stops the cluster
+            // thread reading pub/sub (see `cluster::start`).
+            while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
             ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
         }
     });

@@ -30,6 +30,29 @@ pub enum State {
     },
 }
 
+/// (channel, epoch, seq): live messages of that epoch up to seq are skipped; the client
+/// already has them. The first message past the entry ends it, and so does a message of
+/// another epoch (cluster mode: Redis started the channel afresh, so its seqs restart at 1
+/// and mean nothing against the old ones). Empty for all but a resuming connection.
+#[derive(Debug, Default)]
+pub struct SkipList(Vec<(ChannelName, u64, u64)>);
+
+impl SkipList {
+    pub fn accepts(&mut self, channel: &ChannelName, seq: u64, epoch: u64) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        if let Some(i) = self.0.iter().position(|(c, _, _)| c == channel) {
+            let (_, e, until) = self.0[i];
+            if epoch == e && seq <= until {
+                return false;
+            }
+            self.0.swap_remove(i);
+        }
+        true
+    }
+}
+
 /// A WebSocket connection, shared (`Rc`) by the shard's tables, its read loop and, while
 /// blocked, its writer task.
 pub struct Conn {
@@ -38,8 +61,8 @@ pub struct Conn {
     deflate: bool,
     /// Negotiated `crier.v1`: messages come in envelopes, gaps and resets are announced.
     envelope: bool,
-    /// (channel, seq): live messages up to seq are skipped; the client already has them.
-    skip: RefCell<Vec<(ChannelName, u64)>>,
+    /// Live messages the client already has (it resumed past them).
+    skip: RefCell<SkipList>,
     /// Where the connection sits in the shard's subscriber tables.
     membership: RefCell<Membership>,
     out: RefCell<OutboundQueue>,
@@ -68,7 +91,7 @@ impl Conn {
             fd,
             deflate,
             envelope,
-            skip: RefCell::new(Vec::new()),
+            skip: RefCell::new(SkipList::default()),
             membership: RefCell::new(Membership::default()),
             out: RefCell::new(OutboundQueue::default()),
             reader: RefCell::new(FrameReader::default()),
@@ -135,9 +158,16 @@ impl Conn {
         std::mem::take(&mut *self.membership.borrow_mut())
     }
 
-    /// Live messages on `channel` up to `seq` are not delivered: the client has them.
-    pub fn skip_until(&self, channel: ChannelName, seq: u64) {
-        self.skip.borrow_mut().push((channel, seq));
+    /// Live messages on `channel` of `epoch` up to `seq` are not delivered: the client has
+    /// them.
+    pub fn skip_until(&self, channel: ChannelName, epoch: u64, seq: u64) {
+        self.skip.borrow_mut().0.push((channel, epoch, seq));
+    }
+
+    /// Whether a resume already brought this connection to `epoch` on `channel` (its replay
+    /// came from Redis under that epoch): it needs no second `reset` for it.
+    pub fn resumed_into(&self, channel: &ChannelName, epoch: u64) -> bool {
+        self.skip.borrow().0.iter().any(|(c, e, _)| c == channel && *e == epoch)
     }
 
     /// Bytes arrived at shard clock `now`.
@@ -217,23 +247,32 @@ impl Subscriber for Conn {
     fn wants_envelope(&self) -> bool {
         self.envelope
     }
-    fn accepts(&self, channel: &ChannelName, seq: u64) -> bool {
-        let mut skip = self.skip.borrow_mut();
-        if skip.is_empty() {
-            return true;
-        }
-        if let Some(i) = skip.iter().position(|(c, _)| c == channel) {
-            if seq <= skip[i].1 {
-                return false;
-            }
-            skip.swap_remove(i);
-        }
-        true
+    fn accepts(&self, channel: &ChannelName, seq: u64, epoch: u64) -> bool {
+        self.skip.borrow_mut().accepts(channel, seq, epoch)
     }
     fn is_open(&self) -> bool {
         Conn::is_open(self)
     }
     fn dirty_flag(&self) -> &Cell<bool> {
         &self.dirty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_only_what_the_resume_delivered_in_its_epoch() {
+        let (a, b) = (ChannelName::parse("a").unwrap(), ChannelName::parse("b").unwrap());
+        let mut s = SkipList::default();
+        s.0.push((a.clone(), 7, 10));
+        assert!(s.accepts(&b, 3, 7), "another channel");
+        assert!(!s.accepts(&a, 9, 7) && !s.accepts(&a, 10, 7), "already delivered by the replay");
+        assert!(s.accepts(&a, 11, 7), "past it");
+        assert!(s.accepts(&a, 5, 7), "and the entry is gone");
+        s.0.push((a.clone(), 7, 10));
+        assert!(s.accepts(&a, 1, 8), "a new epoch's seq 1 is not the old epoch's");
+        assert!(s.accepts(&a, 2, 8), "and it ended the entry");
     }
 }

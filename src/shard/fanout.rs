@@ -28,7 +28,7 @@ pub trait Subscriber {
         false
     }
     /// False for a message the connection already has (it resumed past it).
-    fn accepts(&self, _channel: &ChannelName, _seq: u64) -> bool {
+    fn accepts(&self, _channel: &ChannelName, _seq: u64, _epoch: u64) -> bool {
         true
     }
     fn is_open(&self) -> bool;
@@ -109,7 +109,7 @@ impl<C: Subscriber> Subscribers<C> {
     /// flushes `dirty`; the shard bounds by bytes how much is queued between two flushes.
     pub fn deliver(&self, frames: &ShardFrames, dirty: &mut Vec<Rc<C>>) {
         let mut deliver = |conn: &Rc<C>| {
-            if !conn.is_open() || !conn.accepts(&frames.channel, frames.seq) {
+            if !conn.is_open() || !conn.accepts(&frames.channel, frames.seq, frames.epoch) {
                 return;
             }
             let f = frames.pick(conn.wants_envelope(), conn.wants_deflate());
@@ -130,11 +130,46 @@ impl<C: Subscriber> Subscribers<C> {
     }
 }
 
+impl<C: Subscriber> Subscribers<C> {
+    /// Queues `frame` (a `crier.v1` notice, not a broadcast) on each open envelope
+    /// subscriber of `channel` that `wants` it. Returns how many got it.
+    pub fn notify(
+        &self,
+        channel: &ChannelName,
+        frame: &Rc<OutFrame>,
+        wants: impl Fn(&C) -> bool,
+        dirty: &mut Vec<Rc<C>>,
+    ) -> usize {
+        let mut told = 0;
+        let mut tell = |conn: &Rc<C>| {
+            if !conn.is_open() || !conn.wants_envelope() || !wants(conn) {
+                return;
+            }
+            conn.outbound().borrow_mut().push(frame.clone());
+            told += 1;
+            if !conn.dirty_flag().replace(true) {
+                dirty.push(conn.clone());
+            }
+        };
+        if channel.is_broadcast() {
+            self.conns.iter().for_each(|(_, c)| tell(c));
+        } else if let Some(members) = self.channels.get(channel) {
+            for (_, key) in members.iter() {
+                if let Some(conn) = self.conns.get(*key) {
+                    tell(conn);
+                }
+            }
+        }
+        told
+    }
+}
+
 /// A broadcast as one shard holds it: its frames behind shard-local `Rc`s, so that each
 /// delivery is a non-atomic refcount bump.
 pub struct ShardFrames {
     pub channel: ChannelName,
     pub seq: u64,
+    pub epoch: u64,
     pub plain: Rc<OutFrame>,
     pub deflated: Option<Rc<OutFrame>>,
     broadcast: Arc<Broadcast>,
@@ -185,6 +220,7 @@ impl ShardFrames {
         Self {
             channel: b.channel.clone(),
             seq: b.seq,
+            epoch: b.epoch,
             plain: out_frame(b, b.plain.bytes(), false),
             deflated: b.deflated.as_ref().map(|f| out_frame(b, f.bytes(), true)),
             broadcast: b.clone(),

@@ -265,7 +265,7 @@ impl Shard {
                 }
             }
             if let Some(seq) = plan.skip_until {
-                conn.skip_until(ch.clone(), seq);
+                conn.skip_until(ch.clone(), epoch, seq);
             }
             for b in &plan.replay {
                 let frames = ShardFrames::new(b, &self.encoder);
@@ -341,11 +341,35 @@ impl Shard {
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
-        self.history.borrow_mut().record(b);
+        let before = {
+            let mut history = self.history.borrow_mut();
+            let before = history.epoch_of(&b.channel);
+            history.record(b);
+            before
+        };
+        if before.is_some_and(|e| e != b.epoch) {
+            self.announce_reset(&b.channel, b.epoch);
+        }
         let frames = ShardFrames::new(b, &self.encoder);
         self.subscribers.borrow().deliver(&frames, &mut self.dirty.borrow_mut());
         let (count, bytes) = self.unflushed.get();
         self.unflushed.set((count + 1, bytes + b.plain.len()));
+    }
+
+    /// Cluster mode: a channel's epoch changed under live subscribers (Redis lost its state
+    /// and started it afresh). Before its first message of the new epoch, each `crier.v1`
+    /// subscriber gets `reset <channel> <epoch>`, as a resume into another epoch does: the
+    /// seqs it holds mean nothing now. Bare subscribers just get the messages.
+    fn announce_reset(&self, channel: &ChannelName, epoch: u64) {
+        let text = format!("reset {channel} {epoch}\n");
+        let f = OutFrame::control(frame::encode_data(MessageKind::Text, text.as_bytes(), false).bytes().clone());
+        let told = self.subscribers.borrow().notify(
+            channel,
+            &f,
+            |c: &Conn| !c.resumed_into(channel, epoch),
+            &mut self.dirty.borrow_mut(),
+        );
+        self.metrics.live_resets.fetch_add(told as u64, Relaxed);
     }
 
     /// Whether the batch being built may take another broadcast before a flush: fewer than
