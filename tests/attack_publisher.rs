@@ -414,3 +414,48 @@ fn many_stuck_publishers_are_bounded_and_harm_no_one() {
     assert_eq!(good.publish("a", b"after", false), 21);
     assert_eq!(sub.expect_text(), "after");
 }
+
+/// The shard queues are bounded in bytes as well as in broadcasts: with one shard wedged, a
+/// publisher of 1 MiB messages is held once 64 MiB of them wait for that shard, instead of
+/// queueing 16 Ki of them (16 GiB) before the count bound would stop it.
+#[test]
+fn shard_queues_are_bounded_in_bytes() {
+    const MESSAGES: usize = 300;
+    let s = ServerBuilder::new(Driver::Epoll).args(["--debug-wedge-shard", "1@1s"]).start();
+    s.wait_metric("crier_shard_sweep_age_seconds", &[("shard", "1")], IO_TIMEOUT, "shard 1 wedged", |v| v > 1.5);
+    let rss_before = s.rss_bytes();
+    let payload = vec![b'x'; 1 << 20];
+    let stream = UnixStream::connect(&s.publish).unwrap();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (stream, acked) = (stream.try_clone().unwrap(), acked.clone());
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                assert!(line.starts_with("+OK "), "{line:?}");
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                line.clear();
+            }
+        });
+    }
+    {
+        let mut w = stream.try_clone().unwrap();
+        let command = pub_command("c", &payload, None);
+        // Blocks once crier stops reading; ends with EPIPE when the server is dropped.
+        std::thread::spawn(move || (0..MESSAGES).try_for_each(|_| w.write_all(&command)));
+    }
+    s.wait_metric("crier_shard_queue_bytes", &[("shard", "1")], IO_TIMEOUT, "64 MiB queued", |v| v > (63 << 20) as f64);
+    // Held there: over a further second the wedged shard's queue stops growing.
+    let queued = s.metric0("crier_shard_queue_bytes", &[("shard", "1")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let later = s.metric0("crier_shard_queue_bytes", &[("shard", "1")]);
+    assert!(later <= (66 << 20) as f64, "queue at {later} bytes, past 64 MiB and a message");
+    assert!(later - queued <= (2 << 20) as f64, "still growing: {queued} then {later}");
+    let acked = acked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(acked < 80, "{acked} of {MESSAGES} 1 MiB messages accepted for a wedged shard");
+    let grown = s.rss_bytes().saturating_sub(rss_before);
+    eprintln!("wedged shard: {acked} accepted, queue {later} bytes, RSS grew {} MiB", grown >> 20);
+    assert!(grown < 160 << 20, "RSS grew by {grown} bytes");
+    assert_eq!(s.metric0("crier_shard_queue_bytes", &[("shard", "0")]), 0.0, "the healthy shard keeps up");
+}

@@ -39,6 +39,12 @@ pub struct Enveloped {
 }
 
 impl Broadcast {
+    /// The bytes of every frame it holds: what it costs while it waits in a shard's queue.
+    pub fn size(&self) -> usize {
+        let env = self.enveloped.as_ref().map_or(0, |e| e.plain.len() + e.deflated.as_ref().map_or(0, |f| f.len()));
+        self.plain.len() + self.deflated.as_ref().map_or(0, |f| f.len()) + env
+    }
+
     /// Encodes a message once, compressed with `compress` (at most once) only when some
     /// connection negotiated permessage-deflate. The hub builds every live message so; in
     /// cluster mode a shard also builds, with its own compressor (`ShardEncoder`), the

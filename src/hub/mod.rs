@@ -41,8 +41,10 @@ pub enum ShardMsg {
     Drain,
 }
 
-/// A shard's queue is allowed to hold this many broadcasts before publishers are slowed.
+/// A shard's queue is allowed to hold this many broadcasts, or this many bytes of their
+/// frames, before publishers (and, in cluster mode, deliveries from Redis) wait.
 pub const SHARD_QUEUE_HIGH_WATER: usize = 16 * 1024;
+pub const SHARD_QUEUE_HIGH_WATER_BYTES: usize = 64 << 20;
 
 /// Sequence numbers, the shared compressor, and the shard queues.
 pub struct Hub {
@@ -107,15 +109,22 @@ impl Hub {
             broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
         let broadcast = Arc::new(broadcast);
-        for shard in &self.shards {
+        let size = broadcast.size();
+        for (shard, stats) in self.shards.iter().zip(&self.metrics.shards) {
+            // Taken off again by the shard when it handles the broadcast
+            // (`Shard::enqueue_broadcast`).
+            stats.queued_bytes.fetch_add(size, Relaxed);
             // A shard that has exited (only during shutdown) just misses the message.
             let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
         }
     }
 
-    /// The longest shard queue; publishers wait while it is above [`SHARD_QUEUE_HIGH_WATER`].
-    pub fn backlog(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).max().unwrap_or(0)
+    /// Whether some shard's queue is over [`SHARD_QUEUE_HIGH_WATER`] broadcasts or
+    /// [`SHARD_QUEUE_HIGH_WATER_BYTES`]: publishers wait while it is.
+    pub fn backlogged(&self) -> bool {
+        self.shards.iter().zip(&self.metrics.shards).any(|(q, stats)| {
+            q.len() > SHARD_QUEUE_HIGH_WATER || stats.queued_bytes.load(Relaxed) > SHARD_QUEUE_HIGH_WATER_BYTES
+        })
     }
 
     /// Tells every shard to drain.

@@ -99,6 +99,9 @@ pub struct ShardMetrics {
     /// once per sweep tick, read by the watchdog thread before each WATCHDOG=1 (see
     /// `ops::notify::watchdog`).
     pub swept_at_ms: AtomicU64,
+    /// Bytes of the broadcasts in the shard's queue: added by the hub when it sends one,
+    /// taken off by the shard when it handles it.
+    pub queued_bytes: AtomicUsize,
 }
 
 /// Everything /metrics reports.
@@ -284,6 +287,13 @@ impl Metrics {
             let _ =
                 writeln!(o, "crier_shard_sweep_age_seconds{{shard=\"{i}\"}} {:.3}", self.sweep_age(s).as_secs_f64());
         }
+        per_shard(
+            &mut o,
+            "crier_shard_queue_bytes",
+            "gauge",
+            "Bytes of broadcasts waiting in the shard's queue; publishers wait above 64 MiB.",
+            &|s| s.queued_bytes.load(Relaxed) as u64,
+        );
         per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
             s.accepted.load(Relaxed)
         });

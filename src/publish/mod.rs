@@ -32,7 +32,7 @@ use monoio::net::{UnixListener, UnixStream};
 
 use crate::cluster::ClusterHandle;
 use crate::config::Config;
-use crate::hub::{Hub, SHARD_QUEUE_HIGH_WATER};
+use crate::hub::Hub;
 use crate::ops::capacity::{AcceptErrors, MAX_PUBLISHERS};
 use crate::ops::metrics::{Metrics, PublishError};
 use crate::shard::sockio::{recv_some, send_all, send_now};
@@ -114,7 +114,7 @@ pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress:
             // The same backpressure as publishers get: a shard that cannot keep up stops
             // this loop, which fills the bounded delivery queue and stops the cluster
             // thread reading pub/sub (see `cluster::start`).
-            while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
+            while ingress.hub.borrow().backlogged() {
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
             ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
@@ -215,7 +215,7 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         // Backpressure: a shard that cannot keep up slows publishers instead of growing
         // its queue without bound. Accepted messages are never dropped.
         let mut waited = false;
-        while ingress.hub.borrow().backlog() > SHARD_QUEUE_HIGH_WATER {
+        while ingress.hub.borrow().backlogged() {
             monoio::time::sleep(Duration::from_millis(1)).await;
             waited = true;
         }

@@ -341,6 +341,7 @@ impl Shard {
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
+        self.stats().queued_bytes.fetch_sub(b.size(), Relaxed);
         let before = {
             let mut history = self.history.borrow_mut();
             let before = history.epoch_of(&b.channel);
