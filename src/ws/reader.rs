@@ -72,6 +72,27 @@ struct Assembly {
     kind: MessageKind,
     compressed: bool,
     data: Vec<u8>,
+    /// Uncompressed text: `data[..checked]` is known to be valid UTF-8 (what follows may be
+    /// the start of a sequence the next fragment completes).
+    checked: usize,
+}
+
+impl Assembly {
+    /// Uncompressed text fails as soon as its bytes cannot become valid UTF-8, not at its
+    /// last fragment (§8.1 allows either; Autobahn 6.4 calls this failing fast). Compressed
+    /// text is checked once inflated, by the shard.
+    fn check_utf8(&mut self) -> Result<(), Violation> {
+        if self.kind != MessageKind::Text || self.compressed {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // Cut off in the middle of a sequence: wait for the rest.
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(Violation::invalid_utf8("text message is not valid UTF-8")),
+        }
+        Ok(())
+    }
 }
 
 /// Parses client frames from a connection's byte stream.
@@ -200,6 +221,9 @@ fn parse_frames(
                     return Err(protocol("RSV1 set on a continuation frame")); // RFC 7692 §6.1
                 }
                 open.data.extend_from_slice(payload);
+                if !header.is_final {
+                    open.check_utf8()?;
+                }
                 if header.is_final {
                     let done = assembly.take().expect("checked above");
                     sink(Event::Message { kind: done.kind, compressed: done.compressed, payload: &done.data })
@@ -218,7 +242,9 @@ fn parse_frames(
                 if header.is_final {
                     sink(Event::Message { kind, compressed: header.rsv1, payload })
                 } else {
-                    *assembly = Some(Assembly { kind, compressed: header.rsv1, data: payload.to_vec() });
+                    let mut open = Assembly { kind, compressed: header.rsv1, data: payload.to_vec(), checked: 0 };
+                    open.check_utf8()?;
+                    *assembly = Some(open);
                     true
                 }
             }
@@ -400,6 +426,35 @@ mod tests {
         let mut cont = client_frame(0x41, b"z", MASK);
         cont.extend(client_frame(0xC0, b"z", MASK));
         assert_eq!(violation(&cont, deflate).code, 1002);
+    }
+
+    #[test]
+    fn fragmented_text_fails_as_soon_as_it_cannot_be_utf8() {
+        // "κόσμε" split inside a two-byte sequence: valid so far, so it waits for the rest.
+        let text = "κόσμε".as_bytes();
+        let mut ok = client_frame(0x01, &text[..3], MASK);
+        ok.extend(client_frame(0x00, &text[3..7], MASK));
+        ok.extend(client_frame(0x80, &text[7..], MASK));
+        let (ev, res) = feed_all(&mut FrameReader::default(), &[&ok], LIMITS);
+        res.unwrap();
+        assert_eq!(ev, vec![Owned::Msg(MessageKind::Text, false, text.to_vec())]);
+        // 0xF4 0x90 can never start a valid sequence (past U+10FFFF): refused at the first
+        // fragment, with no need for the final one (Autobahn 6.4.1 sends it after a pause).
+        let mut bad = client_frame(0x01, &[b'a', 0xF4, 0x90], MASK);
+        let first_only = bad.clone();
+        bad.extend(client_frame(0x80, &[0x80, 0x80], MASK));
+        let v = violation(&first_only, LIMITS);
+        assert_eq!((v.code, v.close_reason), (1007, CloseReason::InvalidUtf8));
+        assert_eq!(violation(&bad, LIMITS).code, 1007);
+        // In a continuation, as soon as it arrives.
+        let mut cont = client_frame(0x01, b"ok", MASK);
+        cont.extend(client_frame(0x00, &[0xC0, 0xAF], MASK));
+        assert_eq!(violation(&cont, LIMITS).code, 1007);
+        // Binary and compressed messages are not text-checked here.
+        let bin = client_frame(0x02, &[0xFF], MASK);
+        assert!(feed_all(&mut FrameReader::default(), &[&bin], LIMITS).1.is_ok());
+        let deflate = ReaderLimits { deflate: true, ..LIMITS };
+        assert!(feed_all(&mut FrameReader::default(), &[&client_frame(0x41, &[0xFF], MASK)], deflate).1.is_ok());
     }
 
     #[test]
