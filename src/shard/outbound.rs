@@ -8,8 +8,9 @@
 //!
 //! The queue also keeps what the bound (`--max-queue-bytes`) is measured on, see
 //! [`OutboundQueue::backlog`]: the bytes still to write, plus the pongs the client asked for
-//! and has not paid for by taking as many bytes. A queue holds at most one pong not yet
-//! started on the wire (RFC 6455 §5.5.3 lets a later pong answer every earlier ping).
+//! and has not paid for by taking as many bytes. A queue holds at most [`MAX_PONGS`] pongs;
+//! past that a new pong replaces the latest one not yet started on the wire (RFC 6455
+//! §5.5.3 lets a later pong answer every earlier ping).
 //! Judging a connection is the shard's business, after a write attempt; the queue counts.
 
 use std::collections::VecDeque;
@@ -23,6 +24,14 @@ use hdrhistogram::Histogram;
 
 /// Frames written by one `sendmsg` at most.
 pub const MAX_IOVECS: usize = 64;
+
+/// Pongs a queue holds before new ones coalesce: a client that sends a few pings at once
+/// gets a pong for each (as Autobahn 2.10 expects; the RFC does not require it), a flood
+/// costs at most this many small frames per connection.
+pub const MAX_PONGS: u8 = 16;
+
+/// The first byte of a pong frame (FIN, opcode 0xA): how a popped frame is known as one.
+const PONG_FIRST_BYTE: u8 = 0x8A;
 
 /// A frame ready to write, shared by every connection on a shard that gets it.
 #[derive(Debug)]
@@ -76,8 +85,10 @@ pub struct OutboundQueue {
     /// Frames popped from the front so far (wrapping): `frames[i]` is frame number
     /// `popped + i`, which is how the pending pong is found again after pops.
     popped: u32,
-    /// Number (as above) of the queued pong that no byte of has been written yet.
+    /// Number (as above) of the latest queued pong that no byte of has been written yet.
     pong: Option<u32>,
+    /// Pongs in `frames`, started or not.
+    pongs: u8,
     /// Bytes of the pongs the client asked for (every ping, answered or coalesced), less the
     /// bytes it has taken since: what a client that sends pings but does not read owes.
     owed: u32,
@@ -99,12 +110,13 @@ impl OutboundQueue {
         let pending = self.pong.map(|n| n.wrapping_sub(self.popped) as usize);
         match pending {
             // Index 0 with bytes written has started: it must go out whole, untouched.
-            Some(i) if i < self.frames.len() && !(i == 0 && self.head_written > 0) => {
+            Some(i) if self.pongs >= MAX_PONGS && i < self.frames.len() && !(i == 0 && self.head_written > 0) => {
                 self.total = self.total - self.frames[i].len() + frame.len();
                 self.frames[i] = frame;
             }
             _ => {
                 self.pong = Some(self.popped.wrapping_add(self.frames.len() as u32));
+                self.pongs = self.pongs.saturating_add(1);
                 self.push(frame);
             }
         }
@@ -159,6 +171,7 @@ impl OutboundQueue {
         let keep = usize::from(self.head_written > 0).min(self.frames.len());
         self.frames.truncate(keep);
         self.total = self.frames.iter().map(|f| f.len()).sum();
+        self.pongs = self.frames.iter().filter(|f| f.bytes.first() == Some(&PONG_FIRST_BYTE)).count() as u8;
         // A kept head has started on the wire, so no pong is pending any more.
         self.pong = None;
         self.owed = 0;
@@ -226,6 +239,9 @@ impl OutboundQueue {
                     let us = now.saturating_duration_since(at).as_micros() as u64;
                     latency.saturating_record(us.max(1));
                 }
+                if head.bytes.first() == Some(&PONG_FIRST_BYTE) {
+                    self.pongs = self.pongs.saturating_sub(1);
+                }
                 self.frames.pop_front();
                 if self.pong == Some(self.popped) {
                     self.pong = None;
@@ -283,21 +299,29 @@ mod tests {
     }
 
     #[test]
-    fn pongs_coalesce_into_one_not_yet_started() {
+    fn pongs_coalesce_past_max_pongs_into_the_latest_not_yet_started() {
         let mut q = OutboundQueue::default();
         q.push(frame(&[1; 100]));
         q.push_pong(pong(b"a"), 3);
         q.push(frame(&[2; 100]));
         q.push_pong(pong(b"bb"), 4);
+        // A few pings, a pong for each, in order.
+        assert_eq!(q.frames.len(), 4);
+        assert_eq!(&q.frames[3].bytes[..], &[0x8A, 2, b'b', b'b']);
+        for _ in 2..MAX_PONGS {
+            q.push_pong(pong(b"x"), 3);
+        }
+        assert_eq!(q.frames.len(), 2 + MAX_PONGS as usize);
+        // Past MAX_PONGS, a new pong takes the latest one's place, answering the newest ping.
         q.push_pong(pong(b"ccc"), 5);
-        // One pong, in the first one's place, answering the latest ping.
-        assert_eq!(q.frames.len(), 3);
-        assert_eq!(&q.frames[1].bytes[..], &[0x8A, 3, b'c', b'c', b'c']);
-        assert_eq!(q.queued_bytes(), 100 + 5 + 100);
-        assert_eq!(q.backlog(), 205 + 12, "every pong asked for is owed");
+        assert_eq!(q.frames.len(), 2 + MAX_PONGS as usize);
+        assert_eq!(&q.frames.back().unwrap().bytes[..], &[0x8A, 3, b'c', b'c', b'c']);
+        let pongs = 3 + 4 + 3 * (MAX_PONGS as usize - 3) + 5;
+        assert_eq!(q.queued_bytes(), 200 + pongs);
+        assert_eq!(q.backlog(), 200 + pongs + 3 + 4 + 3 * (MAX_PONGS as usize - 2) + 5, "every pong asked for is owed");
 
         // A pong of which a byte is on the wire is left alone; the next one is queued anew.
-        let mut q = OutboundQueue::default();
+        let mut q = OutboundQueue { pongs: MAX_PONGS - 1, ..Default::default() };
         q.push_pong(pong(b"a"), 3);
         q.head_written = 1;
         q.push_pong(pong(b"b"), 3);
@@ -305,6 +329,14 @@ mod tests {
         q.push_pong(pong(b"c"), 3);
         assert_eq!(q.frames.len(), 2);
         assert_eq!(&q.frames[1].bytes[..], &[0x8A, 1, b'c']);
+        // Pongs written leave room for new ones.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (mut w, mut h) = (Written::default(), crate::ops::metrics::new_latency_histogram());
+        q.head_written = 0;
+        assert_eq!(q.flush(a.as_raw_fd(), &mut w, &mut h).unwrap(), Flush::Done);
+        let mut got = [0u8; 6];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(q.pongs, MAX_PONGS - 1);
     }
 
     #[test]
