@@ -59,6 +59,14 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
 fi
 python3 -c 'import websockets; print("python websockets", websockets.__version__)'
 
+# kosoku, the Autobahn TestSuite runner of tests/autobahn.rs (crier serve --echo).
+if ! command -v kosoku >/dev/null 2>&1; then
+    echo ".ci/run: installing kosoku"
+    python3 -m pip install -q kosoku \
+        || python3 -m pip install -q --break-system-packages kosoku
+fi
+kosoku --help >/dev/null
+
 # playwright-core (drives /usr/bin/chromium; it downloads no browser) for tests/browser.rs,
 # at the version tests/browser/package-lock.json pins.
 browser_dir=tests/browser

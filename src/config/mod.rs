@@ -229,6 +229,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_SOCKET_SEND_BUFFER", value_name = "SIZE")]
     pub socket_send_buffer: Option<ByteSize>,
 
+    /// Conformance testing: every data message a client sends comes back to that client
+    /// (text as text, binary as binary, compressed when permessage-deflate was negotiated),
+    /// with the same handshake, frame checks, limits and close handling as production.
+    /// Broadcasts still work. Not with --redis. [default: off]
+    #[arg(long, env = "CRIER_ECHO", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub echo: bool,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides it).
     #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: String,
@@ -366,6 +373,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub backlog: i32,
     pub socket_send_buffer: Option<usize>,
+    /// `--echo`: client data messages come back to their sender (conformance testing).
+    pub echo: bool,
     /// tracing filter: RUST_LOG if set, else the log level.
     pub log_filter: String,
     /// systemd's notification socket (NOTIFY_SOCKET), if started by systemd.
@@ -508,6 +517,9 @@ impl ServeArgs {
         if socket_send_buffer.is_some_and(|b| b < 1024) {
             return err("--socket-send-buffer must be at least 1KiB".into());
         }
+        if self.echo && self.redis.is_some() {
+            return err("--echo and --redis cannot be used together: echo mode is for conformance testing of one server (tests/autobahn.rs), cluster mode for production".into());
+        }
         // Cluster mode: the URL and prefix are checked here so a typo stops start-up.
         let redis = match &self.redis {
             None => None,
@@ -536,6 +548,7 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             listen_shared: self.listen_shared,
+            echo: self.echo,
             path: self.path,
             shards,
             driver: self.driver,

@@ -78,3 +78,11 @@ fn debug_wedge_shard_names_an_existing_shard() {
     assert!(e.0.contains("--debug-wedge-shard"), "{e}");
     assert!(serve(&["--debug-wedge-shard", "one"]).is_err());
 }
+
+#[test]
+fn echo_is_off_by_default_and_refused_with_redis() {
+    assert!(!serve(&[]).unwrap().resolve().unwrap().echo);
+    assert!(serve(&["--echo"]).unwrap().resolve().unwrap().echo);
+    let e = serve(&["--echo", "--redis", "redis://127.0.0.1:6379/"]).unwrap().resolve().unwrap_err();
+    assert!(e.0.contains("--echo") && e.0.contains("--redis"), "{e}");
+}

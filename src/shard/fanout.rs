@@ -208,6 +208,12 @@ impl ShardEncoder {
         Broadcast::encode(&self.metrics, compress, channel, seq, epoch, kind, payload, at)
     }
 
+    /// Compresses one message on its own (`--echo` with permessage-deflate), with this
+    /// shard's compressor, even when that does not make it smaller; `None` if zlib fails.
+    pub fn deflate(&self, data: &[u8]) -> Option<Vec<u8>> {
+        self.compressor.borrow_mut().get_or_insert_with(Compressor::new).deflate(data)
+    }
+
     fn envelope(&self, b: &Broadcast) -> Enveloped {
         b.build_envelope(&self.metrics, |body| {
             self.compressor.borrow_mut().get_or_insert_with(Compressor::new).compress(body)

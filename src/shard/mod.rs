@@ -323,6 +323,23 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
+    /// `--echo`: sends a client's message back to it, compressed on its own whenever the
+    /// connection negotiated permessage-deflate (`server_no_context_takeover`, so no state is
+    /// kept per connection). Unlike broadcasts, which go uncompressed when that is smaller
+    /// (RFC 7692 allows either), an echo is always compressed: kosoku 0.1.0, which runs
+    /// Autobahn in CI, errors on uncompressed messages of a deflate connection (README
+    /// "Conformance testing"). It counts against `--max-queue-bytes` like any frame.
+    pub fn echo(&self, conn: &Rc<Conn>, kind: MessageKind, data: &[u8]) {
+        let compressed = if conn.deflate() { self.encoder.deflate(data) } else { None };
+        let f = match &compressed {
+            Some(c) => frame::encode_data(kind, c, true),
+            None => frame::encode_data(kind, data, false),
+        };
+        let out = Rc::new(OutFrame { bytes: f.bytes().clone(), published_at: None, deflated: compressed.is_some() });
+        conn.out().borrow_mut().push(out);
+        self.mark_dirty(conn);
+    }
+
     /// Starts closing: queue a close frame, and for `hard` closes (protocol errors, slow
     /// consumers) drop what was queued and cut the connection once the frame is out.
     pub fn close(&self, conn: &Rc<Conn>, code: u16, reason: &str, why: CloseReason, hard: bool) {

@@ -16,6 +16,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::Shard;
 use super::conn::{Conn, State};
+use super::outbound::MAX_PONGS;
 use super::sockio::{recv, recv_some, send_all, send_now};
 use crate::ops::capacity::{AcceptErrors, REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
 use crate::ops::metrics::{CloseReason, RefuseReason};
@@ -210,15 +211,23 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let limits = ReaderLimits { max_message: shard.cfg.max_client_message_bytes, deflate: conn.deflate() };
     let mut violation: Option<Violation> = None;
     let mut peer_closed: Option<u16> = None;
-    // RFC 6455 §5.5.3: only the most recent ping needs its pong. Of the pings in this read,
-    // only the last is answered (one pong, one allocation, however many pings came); every
-    // pong asked for counts against --max-queue-bytes until the client has taken as much.
+    // RFC 6455 §5.5.3: only the most recent ping needs its pong. The first MAX_PONGS pings
+    // of a read are answered as they come (in order with what else is queued, e.g. echoes);
+    // of the rest only the last is, at the end (one pong, one allocation, however many came).
+    // Every pong asked for counts against --max-queue-bytes until the client has taken as
+    // much; the queue itself holds at most MAX_PONGS.
     let mut ping = PingPayload::default();
     let mut asked = 0usize;
+    let mut answered = 0u8;
     let result = conn.reader().borrow_mut().feed(data, limits, &mut |event| match event {
         Event::Ping(payload) => {
-            ping.replace(payload);
-            asked += pong_len(payload.len());
+            if answered < MAX_PONGS && conn.is_open() {
+                shard.enqueue_pong(conn, payload, pong_len(payload.len()));
+                answered += 1;
+            } else {
+                ping.replace(payload);
+                asked += pong_len(payload.len());
+            }
             true
         }
         Event::Pong => true,
@@ -228,7 +237,13 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
         }
         Event::Message { kind, compressed, payload } => {
             shard.stats().client_messages.fetch_add(1, Relaxed);
-            match check_message(shard, kind, compressed, payload) {
+            // `--echo`: the checked message goes back to its sender.
+            let echo = shard.cfg.echo && conn.is_open();
+            match check_message(shard, kind, compressed, payload, |data| {
+                if echo {
+                    shard.echo(conn, kind, data)
+                }
+            }) {
                 Ok(()) => true,
                 Err(v) => {
                     violation = Some(v);
@@ -238,6 +253,11 @@ fn process(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
         }
     });
     if let Some(v) = result.err().or(violation) {
+        // What was answered before the violation (pongs, `--echo` replies) goes out first, as
+        // far as the socket takes it now; the close then discards only what is left.
+        if conn.is_open() && !conn.out().borrow().is_empty() {
+            shard.flush_conn(conn);
+        }
         shard.close(conn, v.code, v.reason, v.close_reason, true);
         return;
     }
@@ -291,8 +311,15 @@ fn pong_len(payload: usize) -> usize {
     2 + payload
 }
 
-/// Inflates (if compressed) and checks a client's data message; the content is discarded.
-fn check_message(shard: &Shard, kind: MessageKind, compressed: bool, payload: &[u8]) -> Result<(), Violation> {
+/// Inflates (if compressed) and checks a client's data message, then hands the content to
+/// `then` (which discards it, except with `--echo`).
+fn check_message(
+    shard: &Shard,
+    kind: MessageKind,
+    compressed: bool,
+    payload: &[u8],
+    then: impl FnOnce(&[u8]),
+) -> Result<(), Violation> {
     let cap = shard.cfg.max_client_message_bytes;
     let mut inflater = shard.inflater.borrow_mut();
     let data = if compressed {
@@ -308,5 +335,6 @@ fn check_message(shard: &Shard, kind: MessageKind, compressed: bool, payload: &[
     if kind == MessageKind::Text && std::str::from_utf8(data).is_err() {
         return Err(Violation::invalid_utf8("text message is not valid UTF-8"));
     }
+    then(data);
     Ok(())
 }

@@ -30,6 +30,12 @@ impl Compressor {
     /// The permessage-deflate payload for `data`, or `None` when compressing does not
     /// make it smaller (the message then goes out uncompressed, RSV1 clear).
     pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        self.deflate(data).filter(|out| out.len() < data.len())
+    }
+
+    /// The permessage-deflate payload for `data` (one message on its own, no context kept),
+    /// however large; `None` only if zlib fails.
+    pub fn deflate(&mut self, data: &[u8]) -> Option<Vec<u8>> {
         self.inner.reset();
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
         loop {
@@ -49,7 +55,7 @@ impl Compressor {
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
-        (out.len() < data.len()).then_some(out)
+        Some(out)
     }
 }
 
