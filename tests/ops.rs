@@ -43,6 +43,14 @@ both_drivers! {
         let missing: Vec<&String> =
             metrics.iter().filter(|m| !m.starts_with("crier_redis_") && !declared(&text, m)).collect();
         assert!(missing.is_empty(), "missing metrics {missing:?} in:\n{text}");
+        // And the other way: every family served is in the README table.
+        let undocumented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| !metrics.iter().any(|m| m == name))
+            .collect();
+        assert!(undocumented.is_empty(), "served but not in the README metrics table: {undocumented:?}");
 
         // Values that must hold now.
         let v = |n: &str, l: &[(&str, &str)]| metric_value(&text, n, l).unwrap_or_else(|| panic!("no sample {n}{l:?}:\n{text}"));

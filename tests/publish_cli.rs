@@ -133,6 +133,11 @@ fn refusal_exits_nonzero_with_server_reason() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("bad channel name 'bad!name'"), "stderr must carry the server's reason: {out:?}");
     assert!(out.stdout.trim().is_empty(), "{out:?}");
+    // A space would split the command line: named as a bad channel, not a malformed length.
+    let out = run_crier(&["publish", "--channel", "a b", "--publish-socket", &p, "x"], None, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("bad channel name 'a b'"), "{out:?}");
+    assert!(!out.stderr.contains("malformed length"), "{out:?}");
 
     let out = run_crier(&["publish", "--channel", "ok", "--publish-socket", &p, "-"], Some(&[0xff, 0xfe]), &[]);
     assert!(!out.status.success(), "{out:?}");

@@ -11,6 +11,12 @@ use crate::ws::frame::MessageKind;
 /// Runs `crier publish`. Prints each sequence number; exits 1 with the server's reason on a
 /// refusal, 2 when the server cannot be reached or the input cannot be read.
 pub fn run(args: &PublishArgs) -> ExitCode {
+    // Checked here, with the server's words: sent as is, a name with a space would split the
+    // command line and be refused as a malformed length instead.
+    if let Err(e) = crate::channel::ChannelName::parse(&args.channel) {
+        eprintln!("crier publish: refused: bad channel name '{}': {e}", args.channel);
+        return ExitCode::from(1);
+    }
     if args.redis.is_some() {
         // `--redis`: straight through Redis, no local crier needed (src/cluster/).
         return crate::cluster::publish_client::run(args);
