@@ -68,6 +68,8 @@ pub struct PeerTable {
     tolerance_us: u64,
     ipv6_prefix: u8,
     idle: AtomicUsize,
+    /// [`MAX_IDLE`], smaller in unit tests.
+    max_idle: usize,
     /// Entries over all stripes (`crier_peer_addresses`).
     metrics: Arc<Metrics>,
     purge_at: AtomicU64,
@@ -99,6 +101,7 @@ impl PeerTable {
             tolerance_us: interval_us.saturating_mul(u64::from(cfg.handshake_burst.saturating_sub(1))),
             ipv6_prefix: cfg.ipv6_prefix,
             idle: AtomicUsize::new(0),
+            max_idle: MAX_IDLE,
             metrics,
             purge_at: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -161,7 +164,7 @@ impl PeerTable {
             return;
         }
         // Kept only while its bucket is refilling, and only while there is room.
-        if e.tat_us > now && self.idle.load(Relaxed) < MAX_IDLE {
+        if e.tat_us > now && self.idle.load(Relaxed) < self.max_idle {
             self.idle.fetch_add(1, Relaxed);
         } else {
             map.remove(&key);
@@ -242,6 +245,23 @@ mod tests {
             t.purge_some();
         }
         assert_eq!(t.len(), 2, "neither is purged before its bucket refilled");
+    }
+
+    #[test]
+    fn idle_entries_are_bounded_and_past_the_bound_forgotten() {
+        let mut t = table(0, 1.0, 2);
+        Arc::get_mut(&mut t).unwrap().max_idle = 3;
+        for i in 1..=10 {
+            drop(t.admit(ip(&format!("10.0.0.{i}"))).unwrap());
+        }
+        assert_eq!(t.len(), 3, "only 3 addresses are kept for their rate alone");
+        assert_eq!(t.idle.load(Relaxed), 3);
+        // A forgotten address starts with a full bucket again: lenient, never a refusal.
+        drop(t.admit(ip("10.0.0.10")).unwrap());
+        drop(t.admit(ip("10.0.0.10")).unwrap());
+        // A kept one still has its bucket half spent.
+        drop(t.admit(ip("10.0.0.1")).unwrap());
+        assert_eq!(t.admit(ip("10.0.0.1")).err(), Some(Refusal::Rate));
     }
 
     #[test]

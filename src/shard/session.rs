@@ -155,6 +155,10 @@ async fn read_head(
             match handshake::parse_request(&buf[..len], &shard.handshake) {
                 Ok(Some((up, used))) => return Ok((up, buf[used..len].to_vec())),
                 Ok(None) => {}
+                Err(HandshakeError::BadRequest(_)) if proxy::parse(&buf[..len]) != proxy::Parsed::NotProxy => {
+                    let why = "this is a PROXY protocol header, and crier runs without --proxy-protocol";
+                    return Err(HeadError::Refused(HandshakeError::BadRequest(why.into())));
+                }
                 Err(e) => return Err(HeadError::Refused(e)),
             }
         }
