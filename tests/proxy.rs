@@ -213,3 +213,10 @@ fn behind_haproxy_proxy_protocol_names_the_client_and_bad_headers_are_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn proxy_protocol_without_trusted_proxies_does_not_start() {
+    let e = ServerBuilder::new(Driver::Epoll).arg("--proxy-protocol").run_expect_exit(Duration::from_secs(10));
+    assert!(!e.became_ready && e.status.is_some_and(|s| !s.success()), "{}", e.stderr);
+    assert!(e.stderr.contains("--proxy-protocol needs --trusted-proxies"), "{}", e.stderr);
+}
