@@ -177,3 +177,24 @@ fn the_table_is_bounded_by_connections_and_empties_when_buckets_refill() {
     s.wait_metric("crier_peer_addresses", &[], Duration::from_secs(30), "0 (purged)", |v| v == 0.0);
     assert!(per_conn < 64 << 10, "{per_conn} bytes of RSS per connection");
 }
+
+#[test]
+fn ipv6_clients_are_counted_by_their_prefix() {
+    // The test plays a trusted proxy (127.0.0.1) naming IPv6 clients in X-Forwarded-For and
+    // X-Real-IP, since loopback has a single IPv6 address.
+    for (prefix, other_net_refused) in [("64", false), ("48", true)] {
+        let s = ServerBuilder::new(Driver::Epoll)
+            .args(["--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "2"])
+            .args(["--max-handshakes-per-ip-per-second", "0", "--ipv6-prefix-len", prefix])
+            .start();
+        let xff = |a: &str| ws_from("127.0.0.1", s.ws, "/ws", &[("X-Forwarded-For", a)]);
+        let _a = xff("2001:db8:1:2::1").unwrap();
+        let _b = ws_from("127.0.0.1", s.ws, "/ws", &[("X-Real-IP", "2001:db8:1:2:ffff::2")]).unwrap();
+        let r = xff("2001:db8:1:2:abcd::3").err().expect("a third client of the same /64");
+        assert_eq!(r.status, 429, "/{prefix}: {r:?}");
+        let other = xff("[2001:db8:1:3::1]:443");
+        assert_eq!(other.is_err(), other_net_refused, "/{prefix}: another /64 of the same /48");
+        // IPv4 clients named the same way have their own counts.
+        let _c = xff("192.0.2.1").unwrap();
+    }
+}
