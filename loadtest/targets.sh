@@ -7,7 +7,7 @@
 #   loadtest/targets.sh latency       19,000 connections (CONNECTIONS=N to change), 1 KiB at 10 msg/s: latency, loss
 #   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
 #   loadtest/targets.sh multiproc     100,000 connections over 6 crier processes sharing one port (--listen-shared), 2 msg/s
-#   loadtest/targets.sh storm         19,000 connections (SRC_IPS=K, default 4) drop and reconnect at once: time until all are back
+#   loadtest/targets.sh storm         19,000 connections (SRC_IPS=K, default 4; CONNECT_RATE=R, default 5000/s) drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
 #                                     (--redis); the `latency` numbers to compare: CONNECTIONS=1000 with REDIS=0
