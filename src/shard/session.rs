@@ -1,10 +1,12 @@
-//! A connection's session: the upgrade (reading the request head, the 101 or a refusal),
-//! the read loop that acts on what the client sends, and the fast 503 (429) for a client
-//! that finds the server full (its address over a per-address limit).
+//! A connection's session: the PROXY header (with `--proxy-protocol`), the upgrade (reading
+//! the request head, the 101 or a refusal), the read loop that acts on what the client
+//! sends, and the fast answers at accept: 503 for a client that finds the server full, 429
+//! for one whose address is past a per-address limit.
 //!
 //! A connection costs one task while idle (the read loop, parked on a readiness poll, with
-//! no read buffer of its own: bytes land in the shard's scratch buffer). Nothing here takes
-//! a lock or blocks.
+//! no read buffer of its own: bytes land in the shard's scratch buffer). Nothing here blocks;
+//! the one lock is a stripe of the per-address table, held for one lookup when a connection
+//! is admitted (and, in `peer::limits`, when it closes).
 
 use std::cell::Cell;
 use std::io;
