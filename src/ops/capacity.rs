@@ -8,7 +8,8 @@
 //! limit. The limit is `--max-connections`, or less when RLIMIT_NOFILE cannot hold that many
 //! on top of the [reserve](reserve). A client that finds no slot gets a 503 at once (see
 //! `session::refuse_at_once`), from a small per-shard budget of refusals that is part of the
-//! reserve. This module never blocks and takes no lock: a slot is one atomic counter.
+//! reserve. This module never blocks and takes no lock: a slot is one atomic counter (the
+//! per-address count a slot may hold is given back under one stripe's lock, `peer::limits`).
 
 use std::io;
 use std::sync::Arc;
