@@ -40,6 +40,8 @@ command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # redis-server and redis-cli for the cluster-mode tests (real Redis on loopback ports).
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
+# HAProxy for tests/proxy.rs (the PROXY protocol from a real L4 balancer, send-proxy-v2).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_missing+=(haproxy)
 # Headless Chromium and Node.js with npm for tests/browser.rs (crier.js in a real browser).
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod ops;
+pub mod peer;
 pub mod publish;
 pub mod server;
 pub mod shard;

@@ -122,6 +122,11 @@ const BAD: &[(&str, &str)] = &[
     ("deflate", "maybe"),
     ("publish-socket-mode", "rwx"),
     ("log-level", "loud"),
+    // Per-address limits and proxies (src/peer/).
+    ("max-connections-per-ip", "lots"),
+    ("max-handshakes-per-ip-per-second", "-3"),
+    ("ipv6-prefix-len", "80"),
+    ("trusted-proxies", "10.0.0.1/8"),
 ];
 
 fn env_name(setting: &str) -> String {

@@ -6,6 +6,9 @@
 //! default. This is the only module that reads the environment.
 
 mod file;
+mod peer;
+
+pub use peer::PeerArgs;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -257,6 +260,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub redis_meta_ttl: Duration,
 
+    // ---- per-address limits and proxies (src/peer/, config/peer.rs) ----
+    #[command(flatten)]
+    pub peer: PeerArgs,
+
     /// TEST ONLY, and only in debug builds (a release build has no such flag): `N@DURATION`
     /// makes shard N block its thread for good DURATION after it starts, as a wedged shard
     /// would, so tests/watchdog.rs can check that WATCHDOG=1 then stops. Hidden from --help
@@ -383,6 +390,8 @@ pub struct Config {
     pub watchdog: Option<Duration>,
     /// Cluster mode (`--redis`); `None` is the single box.
     pub redis: Option<crate::cluster::RedisConfig>,
+    /// Per-address limits and trusted proxies.
+    pub peer: crate::peer::PeerConfig,
     /// Test only (debug builds): the shard to wedge (see `ServeArgs::debug_wedge_shard`).
     #[cfg(debug_assertions)]
     pub debug_wedge_shard: Option<Wedge>,
@@ -534,6 +543,7 @@ impl ServeArgs {
                 .map_err(ConfigError)?,
             ),
         };
+        let peer = self.peer.resolve().map_err(ConfigError)?;
         let log_filter =
             std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| self.log_level.clone());
         let watchdog = std::env::var("WATCHDOG_USEC")
@@ -577,6 +587,7 @@ impl ServeArgs {
             notify_socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog,
             redis,
+            peer,
             #[cfg(debug_assertions)]
             debug_wedge_shard: self.debug_wedge_shard,
         })

@@ -7,8 +7,9 @@
 //! handshake holds a descriptor exactly like an upgraded one, so both count against the
 //! limit. The limit is `--max-connections`, or less when RLIMIT_NOFILE cannot hold that many
 //! on top of the [reserve](reserve). A client that finds no slot gets a 503 at once (see
-//! `conn::refuse_full`), from a small per-shard budget of refusals that is part of the
-//! reserve. This module never blocks and takes no lock: a slot is one atomic counter.
+//! `session::refuse_at_once`), from a small per-shard budget of refusals that is part of the
+//! reserve. This module never blocks and takes no lock: a slot is one atomic counter (the
+//! per-address count a slot may hold is given back under one stripe's lock, `peer::limits`).
 
 use std::io;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::ops::metrics::Metrics;
+use crate::peer::limits::PeerCount;
 
 /// Cluster mode (`--redis`): the `crier-cluster` thread's descriptors. Its tokio runtime
 /// holds an epoll and an eventfd, and a Redis session two sockets (commands, pub/sub);
@@ -97,21 +99,31 @@ pub fn budget(configured: usize, nofile: u64, shards: usize, cluster: bool) -> R
     Ok(b)
 }
 
-/// One WebSocket socket's share of the limit, held for as long as its descriptor is open.
-pub struct Slot(Arc<Metrics>);
+/// One WebSocket socket's share of the limit, held for as long as its descriptor is open,
+/// and once its client's address is known, that address's count (`peer::limits`), given
+/// back with it.
+pub struct Slot {
+    metrics: Arc<Metrics>,
+    peer: Option<PeerCount>,
+}
 
 impl Slot {
     /// Takes a slot if the limit allows one more socket.
     pub fn try_acquire(metrics: &Arc<Metrics>) -> Option<Slot> {
         let max = metrics.max_connections.load(Relaxed);
         metrics.ws_sockets.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Slot(metrics.clone()))
+        Some(Slot { metrics: metrics.clone(), peer: None })
+    }
+
+    /// Counts this socket under its client's address too, until it closes.
+    pub fn hold_peer(&mut self, count: PeerCount) {
+        self.peer = Some(count);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.ws_sockets.fetch_sub(1, Relaxed);
+        self.metrics.ws_sockets.fetch_sub(1, Relaxed);
     }
 }
 

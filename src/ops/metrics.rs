@@ -40,6 +40,11 @@ labelled!(
         OverCapacity => "over_capacity",
         Draining => "draining",
         HandshakeTimeout => "handshake_timeout",
+        // Per-address limits and proxies (src/peer/).
+        IpConnections => "ip_connections",
+        IpHandshakeRate => "ip_handshake_rate",
+        ProxyHeaderInvalid => "proxy_header_invalid",
+        ProxyHeaderUntrusted => "proxy_header_untrusted",
     }
 );
 
@@ -138,6 +143,8 @@ pub struct Metrics {
     pub publish_socket_trouble: Mutex<Option<String>>,
     /// Times the socket file was found deleted and bound again.
     pub publish_socket_recreated: AtomicU64,
+    /// Client addresses in the per-address table (`peer::limits`), with connections or idle.
+    pub peer_addresses: AtomicUsize,
     /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
     epoch: Instant,
     /// Cluster mode (written by the cluster thread; rendered only with --redis).
@@ -215,6 +222,7 @@ impl Metrics {
             live_resets: AtomicU64::new(0),
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
+            peer_addresses: AtomicUsize::new(0),
             epoch: Instant::now(),
             redis: RedisMetrics::new(),
         }
@@ -277,6 +285,13 @@ impl Metrics {
         );
         let pending = self.ws_sockets.load(Relaxed).saturating_sub(self.open_connections.load(Relaxed));
         let _ = writeln!(o, "crier_handshakes_pending {pending}");
+        head(
+            &mut o,
+            "crier_peer_addresses",
+            "gauge",
+            "Client addresses tracked for the per-address limits (with connections, or refilling their handshake rate).",
+        );
+        let _ = writeln!(o, "crier_peer_addresses {}", self.peer_addresses.load(Relaxed));
         head(
             &mut o,
             "crier_shard_sweep_age_seconds",

@@ -79,7 +79,9 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         None => (None, None),
     };
 
-    // Shards.
+    // Shards. One per-address table for all of them: SO_REUSEPORT spreads an address over
+    // every shard.
+    let peers = crate::peer::limits::PeerTable::new(&cfg.peer, metrics.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut senders = Vec::new();
     let mut shards: Vec<JoinHandle<()>> = Vec::new();
@@ -87,9 +89,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         let (tx, rx) = flume::unbounded();
         senders.push(tx.clone());
         let (cfg, metrics, ready, cluster) = (cfg.clone(), metrics.clone(), ready_tx.clone(), cluster.clone());
+        let peers = peers.clone();
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::runtime::run(id, cfg, metrics, cluster, listener, (tx, rx), ready))
+            .spawn(move || shard::runtime::run(id, cfg, (metrics, peers), cluster, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }

@@ -32,6 +32,7 @@ use crate::cluster::{ClusterHandle, Fetched};
 use crate::config::Config;
 use crate::hub::{self, Broadcast, ShardMsg};
 use crate::ops::metrics::{CloseReason, Metrics, RefuseReason, ShardMetrics, new_latency_histogram};
+use crate::peer::limits::PeerTable;
 use crate::ws::deflate::Inflater;
 use crate::ws::frame;
 use crate::ws::frame::MessageKind;
@@ -62,6 +63,8 @@ pub struct Shard {
     /// Builds envelopes the hub did not (see `ShardEncoder`); this shard's own.
     encoder: Rc<ShardEncoder>,
     pub handshake: HandshakeConfig,
+    /// The per-address table, shared by every shard.
+    pub peers: Arc<PeerTable>,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     /// Broadcasts queued since the last flush, and their bytes: the batch being built.
@@ -93,19 +96,22 @@ impl Shard {
         id: usize,
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
+        peers: Arc<PeerTable>,
         cluster: Option<ClusterHandle>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
     ) -> Rc<Self> {
+        let trusted = (!cfg.peer.trusted.is_empty()).then(|| cfg.peer.trusted.clone());
         let limits = history::Limits { messages: cfg.history_messages, bytes: cfg.history_bytes, ttl: cfg.history_ttl };
         let handshake =
-            HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate };
+            HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate, trusted };
         let batch_bytes = cfg.max_queue_bytes / BATCH_SHARE_OF_QUEUE;
         Rc::new_cyclic(|me| Self {
             id,
             cfg,
             encoder: ShardEncoder::new(metrics.clone()),
             metrics,
+            peers,
             handshake,
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),

@@ -19,6 +19,7 @@ use crate::cluster::ClusterHandle;
 use crate::config::{Config, DriverChoice};
 use crate::hub::ShardMsg;
 use crate::ops::metrics::Metrics;
+use crate::peer::limits::PeerTable;
 
 /// The runtime type every shard runs: io_uring or epoll, both with timers.
 pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -78,7 +79,7 @@ pub type ReadyReport = Result<&'static str, String>;
 pub fn run(
     id: usize,
     cfg: Arc<Config>,
-    metrics: Arc<Metrics>,
+    (metrics, peers): (Arc<Metrics>, Arc<PeerTable>),
     cluster: Option<ClusterHandle>,
     listener: std::net::TcpListener,
     (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
@@ -106,7 +107,7 @@ pub fn run(
                 return;
             }
         };
-        let shard = Shard::new(id, cfg, metrics, cluster, rx.clone(), requeue);
+        let shard = Shard::new(id, cfg, metrics, peers, cluster, rx.clone(), requeue);
         let _ = ready.send(Ok(driver));
         monoio::spawn(session::accept_loop(shard.clone(), listener));
         monoio::spawn(sweep::sweep_loop(shard.clone()));

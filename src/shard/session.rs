@@ -1,13 +1,16 @@
-//! A connection's session: the upgrade (reading the request head, the 101 or a refusal),
-//! the read loop that acts on what the client sends, and the fast 503 for a client that
-//! finds the server full.
+//! A connection's session: the PROXY header (with `--proxy-protocol`), the upgrade (reading
+//! the request head, the 101 or a refusal), the read loop that acts on what the client
+//! sends, and the fast answers at accept: 503 for a client that finds the server full, 429
+//! for one whose address is past a per-address limit.
 //!
 //! A connection costs one task while idle (the read loop, parked on a readiness poll, with
-//! no read buffer of its own: bytes land in the shard's scratch buffer). Nothing here takes
-//! a lock or blocks.
+//! no read buffer of its own: bytes land in the shard's scratch buffer). Nothing here blocks;
+//! the one lock is a stripe of the per-address table, held for one lookup when a connection
+//! is admitted (and, in `peer::limits`, when it closes).
 
 use std::cell::Cell;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +23,8 @@ use super::outbound::MAX_PONGS;
 use super::sockio::{recv, recv_some, send_all, send_now};
 use crate::ops::capacity::{AcceptErrors, REFUSAL_LINGER, REFUSALS_PER_SHARD, Slot};
 use crate::ops::metrics::{CloseReason, RefuseReason};
+use crate::peer::limits::Refusal;
+use crate::peer::proxy;
 use crate::ws::frame::{MessageKind, close_code};
 use crate::ws::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::ws::reader::{Event, ReaderLimits, Violation};
@@ -27,17 +32,30 @@ use crate::ws::reader::{Event, ReaderLimits, Violation};
 /// Accepts WebSocket clients. Each socket takes a slot of the connection limit first (a
 /// client in its handshake holds a descriptor too); one that finds none is answered 503 at
 /// once, so a full server never leaves clients hanging in the backlog, and never lets the
-/// WebSocket side eat the descriptors reserved for publishers and the admin port.
+/// WebSocket side eat the descriptors reserved for publishers and the admin port. A client
+/// that is not behind a trusted proxy is then counted under its address (`peer::limits`),
+/// and past a per-address limit answered 429 at once, the same way; a trusted proxy's
+/// client is counted once its PROXY header or request names it (in [`accept`]).
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let mut errors = AcceptErrors::default();
     let refusing = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => match Slot::try_acquire(&shard.metrics) {
-                Some(slot) => {
-                    monoio::spawn(accept(shard.clone(), stream, slot));
+            Ok((stream, peer)) => match Slot::try_acquire(&shard.metrics) {
+                Some(mut slot) => {
+                    let peer = peer.ip();
+                    let via_proxy = shard.cfg.peer.trusted.contains(peer);
+                    match if via_proxy { Ok(()) } else { admit(&shard, peer, &mut slot) } {
+                        Ok(()) => {
+                            monoio::spawn(accept(shard.clone(), stream, slot, peer, via_proxy));
+                        }
+                        Err(e) => {
+                            drop(slot);
+                            refuse_at_once(&shard, stream, &refusing, e);
+                        }
+                    }
                 }
-                None => refuse_full(&shard, stream, &refusing),
+                None => refuse_at_once(&shard, stream, &refusing, HandshakeError::OverCapacity),
             },
             Err(e) => {
                 if shard.draining.get() || e.raw_os_error() == Some(libc::EINVAL) {
@@ -49,28 +67,110 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// Counts the connection under its client's address `ip` in the table every shard shares,
+/// or says which per-address limit it is past. Nothing to do with both limits off.
+fn admit(shard: &Shard, ip: IpAddr, slot: &mut Slot) -> Result<(), HandshakeError> {
+    if !shard.cfg.peer.limited() {
+        return Ok(());
+    }
+    match shard.peers.admit(ip) {
+        Ok(count) => {
+            slot.hold_peer(count);
+            Ok(())
+        }
+        Err(r) => {
+            tracing::debug!(client = %ip, "upgrade refused: {r:?} over the per-address limit");
+            Err(match r {
+                Refusal::Connections => HandshakeError::AddressConnections,
+                Refusal::Rate => HandshakeError::AddressRate,
+            })
+        }
+    }
+}
+
 enum HeadError {
     /// The peer went away or the socket failed: nothing to answer.
     Gone,
     Refused(HandshakeError),
+    /// A PROXY header that is malformed or from an untrusted peer: closed without an answer.
+    Proxy(RefuseReason, String),
 }
 
-/// Reads a request head; returns the upgrade and any bytes the client sent after it.
-async fn read_head(shard: &Shard, stream: &TcpStream) -> Result<(handshake::Upgrade, Vec<u8>), HeadError> {
-    let mut buf = vec![0u8; 1024];
+/// With `--proxy-protocol`: reads until the first bytes are known to be a PROXY header or
+/// not. Returns what they are and every byte read (the header included).
+async fn read_proxy(stream: &TcpStream) -> Result<(proxy::Parsed, Vec<u8>), HeadError> {
+    let mut buf = vec![0u8; proxy::MAX_HEADER_BYTES];
     let mut len = 0;
     loop {
+        match recv_some(stream, &mut buf[len..]).await {
+            Ok(0) | Err(_) => return Err(HeadError::Gone),
+            Ok(n) => len += n,
+        }
+        match proxy::parse(&buf[..len]) {
+            proxy::Parsed::Incomplete if len < buf.len() => {}
+            proxy::Parsed::Incomplete => {
+                return Err(HeadError::Proxy(RefuseReason::ProxyHeaderInvalid, "PROXY header too long".into()));
+            }
+            parsed => {
+                buf.truncate(len);
+                return Ok((parsed, buf));
+            }
+        }
+    }
+}
+
+/// The address the connection comes from once a PROXY header (if any) is read, and the
+/// bytes read after it.
+async fn read_source(
+    shard: &Shard,
+    stream: &TcpStream,
+    peer: IpAddr,
+    trusted: bool,
+) -> Result<(IpAddr, Vec<u8>), HeadError> {
+    if !shard.cfg.peer.proxy_protocol {
+        return Ok((peer, Vec::new()));
+    }
+    match read_proxy(stream).await? {
+        (proxy::Parsed::Header { .. }, _) if !trusted => Err(HeadError::Proxy(
+            RefuseReason::ProxyHeaderUntrusted,
+            "PROXY header from a peer not in --trusted-proxies".into(),
+        )),
+        (proxy::Parsed::Header { source, used }, mut buf) => {
+            buf.drain(..used);
+            Ok((source.unwrap_or(peer), buf))
+        }
+        (proxy::Parsed::Invalid(why), _) => Err(HeadError::Proxy(RefuseReason::ProxyHeaderInvalid, why)),
+        (_, buf) => Ok((peer, buf)),
+    }
+}
+
+/// Reads a request head after the bytes `buf` already holds; returns the upgrade and any
+/// bytes the client sent after it.
+async fn read_head(
+    shard: &Shard,
+    stream: &TcpStream,
+    mut buf: Vec<u8>,
+) -> Result<(handshake::Upgrade, Vec<u8>), HeadError> {
+    let mut len = buf.len();
+    buf.resize(len.max(1024), 0);
+    loop {
+        if len > 0 {
+            match handshake::parse_request(&buf[..len], &shard.handshake) {
+                Ok(Some((up, used))) => return Ok((up, buf[used..len].to_vec())),
+                Ok(None) => {}
+                Err(HandshakeError::BadRequest(_)) if proxy::parse(&buf[..len]) != proxy::Parsed::NotProxy => {
+                    let why = "this is a PROXY protocol header, and crier runs without --proxy-protocol";
+                    return Err(HeadError::Refused(HandshakeError::BadRequest(why.into())));
+                }
+                Err(e) => return Err(HeadError::Refused(e)),
+            }
+        }
         if len == buf.len() {
             buf.resize((buf.len() * 2).min(MAX_HEAD_BYTES + 1), 0);
         }
         match recv_some(stream, &mut buf[len..]).await {
             Ok(0) | Err(_) => return Err(HeadError::Gone),
             Ok(n) => len += n,
-        }
-        match handshake::parse_request(&buf[..len], &shard.handshake) {
-            Ok(Some((up, used))) => return Ok((up, buf[used..len].to_vec())),
-            Ok(None) => {}
-            Err(e) => return Err(HeadError::Refused(e)),
         }
     }
 }
@@ -84,25 +184,43 @@ fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
         HandshakeError::HeadTooLarge => RefuseReason::HeaderTooLarge,
         HandshakeError::OverCapacity => RefuseReason::OverCapacity,
         HandshakeError::Draining => RefuseReason::Draining,
+        HandshakeError::AddressConnections => RefuseReason::IpConnections,
+        HandshakeError::AddressRate => RefuseReason::IpHandshakeRate,
         HandshakeError::ClientScript => return None,
     })
 }
 
-/// Serves one accepted TCP connection: the upgrade, then (in a new, smaller task) the
-/// WebSocket read loop. `slot` was taken when the socket was accepted: a client still
-/// sending its request head holds a descriptor, so it counts against the limit already.
-pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
+/// Serves one accepted TCP connection: the PROXY header (with `--proxy-protocol`), the
+/// upgrade, then (in a new, smaller task) the WebSocket read loop. `slot` was taken when
+/// the socket was accepted: a client still sending its request head holds a descriptor, so
+/// it counts against the limit already. `via_proxy`: the peer is a trusted proxy, so the
+/// client's address (and its per-address count) comes from the PROXY header or the request.
+pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: IpAddr, via_proxy: bool) {
     let _ = stream.set_nodelay(true);
     let timeout = shard.cfg.handshake_timeout;
-    let head = match monoio::time::timeout(timeout, read_head(&shard, &stream)).await {
+    let read = async {
+        let (source, buf) = read_source(&shard, &stream, peer, via_proxy).await?;
+        Ok((source, read_head(&shard, &stream, buf).await?))
+    };
+    let (source, head) = match monoio::time::timeout(timeout, read).await {
         Err(_) => return shard.refused(RefuseReason::HandshakeTimeout),
         Ok(Err(HeadError::Gone)) => return,
         Ok(Err(HeadError::Refused(e))) => return refuse(&shard, &stream, e).await,
-        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Proxy(reason, why))) => {
+            tracing::debug!(peer = %peer, "connection closed: {why}");
+            return shard.refused(reason);
+        }
+        Ok(Ok(read)) => read,
     };
     let (upgrade, leftover) = head;
     if shard.draining.get() {
         return refuse(&shard, &stream, HandshakeError::Draining).await;
+    }
+    // Behind trusted proxies the client is the one they name; anyone else's headers are
+    // not believed.
+    let client = if shard.cfg.peer.trusted.contains(source) { upgrade.forwarded_for.unwrap_or(source) } else { source };
+    if via_proxy && let Err(e) = admit(&shard, client, &mut slot) {
+        return refuse(&shard, &stream, e).await;
     }
     let metrics = &shard.metrics;
     metrics.open_connections.fetch_add(1, Relaxed);
@@ -114,6 +232,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
             return;
         }
     }
+    tracing::debug!(client = %client, peer = %peer, "upgraded");
     let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot));
     shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
     if !leftover.is_empty() {
@@ -126,17 +245,20 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
     monoio::spawn(read_loop(shard, conn));
 }
 
-/// Answers a client that arrived while every slot is taken (see `capacity`): a 503 with
-/// `Retry-After` (RFC 9110 §15.6.4, §10.2.3) written at once, without waiting for its
-/// request head, so a full server answers fast instead of leaving clients in the backlog.
-/// Then the write side is shut and the socket kept open for up to [`REFUSAL_LINGER`],
-/// discarding what the client sends, so that closing it does not send a reset that could
-/// destroy the 503 before the client reads it. At most [`REFUSALS_PER_SHARD`] refusals
-/// linger at once (`in_flight`); past that the socket is closed straight after the write.
-pub fn refuse_full(shard: &Shard, stream: TcpStream, in_flight: &Rc<Cell<usize>>) {
-    shard.refused(RefuseReason::OverCapacity);
+/// Answers a client at once, without waiting for its request head: a 503 while every slot
+/// is taken (see `capacity`), a 429 past a per-address limit, each with `Retry-After` (RFC
+/// 9110 §15.6.4, §10.2.3; RFC 6585 §4), so a full server answers fast instead of leaving
+/// clients in the backlog. Then the write side is shut and the socket kept open for up to
+/// [`REFUSAL_LINGER`], discarding what the client sends, so that closing it does not send a
+/// reset that could destroy the answer before the client reads it. At most
+/// [`REFUSALS_PER_SHARD`] refusals linger at once (`in_flight`); past that the socket is
+/// closed straight after the write.
+pub fn refuse_at_once(shard: &Shard, stream: TcpStream, in_flight: &Rc<Cell<usize>>, e: HandshakeError) {
+    if let Some(reason) = refuse_reason(&e) {
+        shard.refused(reason);
+    }
     // A fresh socket's send buffer takes the ~150 bytes whole.
-    let _ = send_now(stream.as_raw_fd(), &HandshakeError::OverCapacity.response());
+    let _ = send_now(stream.as_raw_fd(), &e.response());
     // SAFETY: the fd is owned by `stream`, which is still open.
     unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
     if in_flight.get() >= REFUSALS_PER_SHARD {

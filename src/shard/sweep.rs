@@ -49,6 +49,7 @@ impl Shard {
         self.flush_dirty();
         self.inflater.borrow_mut().shrink();
         self.history.borrow_mut().expire(Instant::now());
+        self.peers.purge_some(); // one stripe of the shared per-address table per tick
         let mut local = self.latency.borrow_mut();
         if !local.is_empty()
             && let Ok(mut shared) = self.stats().latency.lock()

@@ -5,8 +5,11 @@
 //! [`HandshakeError`] carries the HTTP status every refusal gets. The connection module does
 //! the IO. Nothing here allocates per byte read and nothing panics on client input.
 
+use std::net::IpAddr;
+
 use super::http;
 use crate::channel::{ChannelName, ChannelNameError};
+use crate::peer::{self, Cidrs};
 
 /// Largest request head accepted; past it the client gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -18,6 +21,9 @@ pub struct HandshakeConfig {
     pub path: String,
     pub max_channels: usize,
     pub deflate: bool,
+    /// `--trusted-proxies`, when set: `X-Forwarded-For` and `X-Real-IP` are read (and
+    /// believed only if the peer is one of them, which the session decides).
+    pub trusted: Option<Cidrs>,
 }
 
 /// A valid upgrade request.
@@ -35,6 +41,9 @@ pub struct Upgrade {
     pub since: Option<Since>,
     /// `last=N`: start with the channel's N latest messages.
     pub last: usize,
+    /// The client that `X-Forwarded-For` / `X-Real-IP` name (see `peer::forwarded_client`);
+    /// read only with `--trusted-proxies`, used only if the peer is trusted.
+    pub forwarded_for: Option<IpAddr>,
 }
 
 /// A resume request: the epoch the client's sequence numbers belong to, and one sequence
@@ -70,6 +79,10 @@ pub enum HandshakeError {
     OverCapacity,
     #[error("server is shutting down")]
     Draining,
+    #[error("too many connections from your address, try again later")]
+    AddressConnections,
+    #[error("too many connection attempts from your address, slow down")]
+    AddressRate,
     /// Not an error: `GET /crier.js` is answered with the browser client.
     #[error("the crier.js client")]
     ClientScript,
@@ -87,6 +100,7 @@ impl HandshakeError {
             HandshakeError::BadRequest(_) => (400, "Bad Request"),
             HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
             HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+            HandshakeError::AddressConnections | HandshakeError::AddressRate => (429, "Too Many Requests"),
             HandshakeError::ClientScript => (200, "OK"),
         }
     }
@@ -103,7 +117,10 @@ impl HandshakeError {
             HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13")],
             HandshakeError::UpgradeRequired => &[("Upgrade", "websocket")],
             HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
-            HandshakeError::OverCapacity | HandshakeError::Draining => &[("Retry-After", "5")],
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::AddressConnections => {
+                &[("Retry-After", "5")]
+            }
+            HandshakeError::AddressRate => &[("Retry-After", "1")],
             _ => &[],
         };
         http::response(&format!("{code} {text}"), "text/plain; charset=utf-8", extra, body.as_bytes())
@@ -197,8 +214,13 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     let deflate = cfg.deflate && header("Sec-WebSocket-Extensions").any(accept_deflate_offers);
     let envelope = header("Sec-WebSocket-Protocol").any(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
     let (since, last) = parse_resume(query, channels.len(), envelope)?;
+    let forwarded_for = cfg.trusted.as_ref().and_then(|trusted| {
+        let xff = headers.iter().rev().filter(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"));
+        let xff_rev = xff.flat_map(|h| std::str::from_utf8(h.value).unwrap_or("").rsplit(','));
+        peer::forwarded_client(xff_rev, header("X-Real-IP").next_back(), trusted)
+    });
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last }, used)))
+    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last, forwarded_for }, used)))
 }
 
 /// Printable, bounded excerpt of a header value for an error body.
@@ -377,7 +399,7 @@ mod tests {
     }
 
     fn cfg() -> HandshakeConfig {
-        HandshakeConfig { path: "/ws".into(), max_channels: 3, deflate: true }
+        HandshakeConfig { path: "/ws".into(), max_channels: 3, deflate: true, trusted: None }
     }
 
     fn req(target: &str, extra: &str) -> String {
@@ -499,5 +521,19 @@ mod tests {
         let off = HandshakeConfig { deflate: false, ..cfg() };
         let r = req("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
         assert!(!parse_request(r.as_bytes(), &off).unwrap().unwrap().0.deflate);
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_with_trusted_proxies() {
+        let xff = "X-Forwarded-For: 6.6.6.6, 203.0.113.9\r\nX-Forwarded-For: 10.0.0.2\r\nX-Real-IP: 198.51.100.1\r\n";
+        let r = req("/ws", xff);
+        assert_eq!(parse_request(r.as_bytes(), &cfg()).unwrap().unwrap().0.forwarded_for, None);
+        let trusted = HandshakeConfig { trusted: Some(Cidrs::parse(&["10.0.0.0/8".into()]).unwrap()), ..cfg() };
+        let up = parse_request(r.as_bytes(), &trusted).unwrap().unwrap().0;
+        // Both header lines are one list; the right-most untrusted address is the client.
+        assert_eq!(up.forwarded_for, Some("203.0.113.9".parse().unwrap()));
+        let r = req("/ws", "X-Real-IP: 198.51.100.1\r\n");
+        let up = parse_request(r.as_bytes(), &trusted).unwrap().unwrap().0;
+        assert_eq!(up.forwarded_for, Some("198.51.100.1".parse().unwrap()));
     }
 }
