@@ -441,7 +441,7 @@ fn shard_queues_are_bounded_in_bytes() {
     }
     {
         let mut w = stream.try_clone().unwrap();
-        let command = pub_command("c", &payload, None);
+        let command = pub_command("c", &payload, Some("binary"));
         // Blocks once crier stops reading; ends with EPIPE when the server is dropped.
         std::thread::spawn(move || (0..MESSAGES).try_for_each(|_| w.write_all(&command)));
     }
