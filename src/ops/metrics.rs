@@ -40,6 +40,12 @@ labelled!(
         OverCapacity => "over_capacity",
         Draining => "draining",
         HandshakeTimeout => "handshake_timeout",
+        // Access control (`crate::access`).
+        TokenMissing => "token_missing",
+        TokenInvalid => "token_invalid",
+        TokenExpired => "token_expired",
+        ChannelForbidden => "channel_forbidden",
+        OriginForbidden => "origin_forbidden",
     }
 );
 
@@ -55,6 +61,7 @@ labelled!(
         IdleTimeout => "idle_timeout",
         Shutdown => "shutdown",
         IoError => "io_error",
+        TokenExpired => "token_expired",
     }
 );
 
@@ -131,6 +138,8 @@ pub struct Metrics {
     pub publish_socket_trouble: Mutex<Option<String>>,
     /// Times the socket file was found deleted and bound again.
     pub publish_socket_recreated: AtomicU64,
+    /// Admin requests refused for a missing or wrong bearer token (`--admin-token-file`).
+    pub admin_unauthorized: AtomicU64,
     /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
     epoch: Instant,
     /// Cluster mode (written by the cluster thread; rendered only with --redis).
@@ -204,6 +213,7 @@ impl Metrics {
             resumes_unsatisfied: Default::default(),
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
+            admin_unauthorized: AtomicU64::new(0),
             epoch: Instant::now(),
             redis: RedisMetrics::new(),
         }
@@ -370,6 +380,13 @@ impl Metrics {
                 self.resumes_unsatisfied[i].load(Relaxed)
             );
         }
+        head(
+            &mut o,
+            "crier_admin_unauthorized_total",
+            "counter",
+            "Admin requests refused 401 for a missing or wrong bearer token (--admin-token-file).",
+        );
+        let _ = writeln!(o, "crier_admin_unauthorized_total {}", self.admin_unauthorized.load(Relaxed));
         head(&mut o, "crier_driver", "gauge", "1 for the io driver in use.");
         let driver = self.driver.get().copied().unwrap_or("none");
         for d in ["io_uring", "epoll"] {

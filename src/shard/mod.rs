@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::access::Access;
 use crate::channel::ChannelName;
 use crate::cluster::{ClusterHandle, Fetched};
 use crate::config::Config;
@@ -62,6 +63,8 @@ pub struct Shard {
     /// Builds envelopes the hub did not (see `ShardEncoder`); this shard's own.
     encoder: Rc<ShardEncoder>,
     pub handshake: HandshakeConfig,
+    /// Access control, shared with every shard and the admin endpoint.
+    pub access: Arc<Access>,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     /// Broadcasts queued since the last flush, and their bytes: the batch being built.
@@ -94,6 +97,7 @@ impl Shard {
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
         cluster: Option<ClusterHandle>,
+        access: Arc<Access>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
     ) -> Rc<Self> {
@@ -107,6 +111,7 @@ impl Shard {
             encoder: ShardEncoder::new(metrics.clone()),
             metrics,
             handshake,
+            access,
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
             unflushed: Cell::new((0, 0)),

@@ -35,6 +35,25 @@ pub struct Upgrade {
     pub since: Option<Since>,
     /// `last=N`: start with the channel's N latest messages.
     pub last: usize,
+    /// The token and origin, for `access` (read here, judged there).
+    pub credentials: Credentials,
+}
+
+/// What the upgrade request carried for access control (`crate::access` judges it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// `?token=` on the URL (browsers cannot set headers on a WebSocket), else the
+    /// `Authorization: Bearer` header.
+    pub token: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// The token of an `Authorization: Bearer <token>` value (RFC 6750 §2.1; the scheme is
+/// case-insensitive).
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
 /// A resume request: the epoch the client's sequence numbers belong to, and one sequence
@@ -198,7 +217,16 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
     let envelope = header("Sec-WebSocket-Protocol").any(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
     let (since, last) = parse_resume(query, channels.len(), envelope)?;
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last }, used)))
+    let credentials = Credentials {
+        token: match query_param(query, "token")? {
+            Some(t) => Some(t),
+            None => header("Authorization")
+                .find_map(|v| bearer(v.as_bytes()))
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+        },
+        origin: header("Origin").next().map(|o| o.trim().to_string()),
+    };
+    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last, credentials }, used)))
 }
 
 /// Printable, bounded excerpt of a header value for an error body.
@@ -236,6 +264,14 @@ fn parse_channels(query: &str, max: usize) -> Result<Vec<ChannelName>, Handshake
         }
     }
     Ok(out)
+}
+
+/// The value of the first `name=` in the query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Result<Option<String>, HandshakeError> {
+    let Some(v) = query.split('&').find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('='))) else {
+        return Ok(None);
+    };
+    percent_decode(v).map(Some).ok_or_else(|| bad(format!("{name}: bad percent-encoding")))
 }
 
 /// Reads `since=<epoch>:<seq>,…` and `last=N` from the query string.
