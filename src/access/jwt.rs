@@ -135,7 +135,11 @@ impl KeyRing {
     pub fn new(s: &JwtSettings) -> Result<Self, String> {
         let mut validation = Validation::new(algorithm(s.algorithm));
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = vec!["exp"];
+        required.extend(s.issuer.as_ref().map(|_| "iss"));
+        required.extend(s.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         // nbf is checked below, with CLOCK_LEEWAY_SECS.
         validation.validate_nbf = false;
         if let Some(iss) = &s.issuer {
@@ -165,7 +169,7 @@ impl KeyRing {
         {
             result = jsonwebtoken::decode::<Claims>(token, old, &self.validation);
         }
-        let claims = result.map_err(|e| self.explain(e.kind()))?.claims;
+        let claims = result.map_err(|e| self.explain(e.kind(), jsonwebtoken::decode_header(token).is_err()))?.claims;
         let exp = claims.exp.unwrap_or(0.0);
         if exp <= now as f64 {
             return Err(TokenError::Expired);
@@ -186,7 +190,9 @@ impl KeyRing {
         Ok(Verified { exp: exp as u64, channels, sub: claims.sub })
     }
 
-    fn explain(&self, kind: &ErrorKind) -> TokenError {
+    /// `header_unreadable`: the header did not parse (an algorithm jsonwebtoken does not
+    /// know, such as `none`, fails there too).
+    fn explain(&self, kind: &ErrorKind, header_unreadable: bool) -> TokenError {
         let why = match kind {
             ErrorKind::ExpiredSignature => return TokenError::Expired,
             ErrorKind::InvalidSignature => "bad signature".to_string(),
@@ -197,6 +203,9 @@ impl KeyRing {
             ErrorKind::InvalidClaimFormat(c) => format!("bad {c} claim"),
             ErrorKind::InvalidIssuer => "wrong issuer (iss)".to_string(),
             ErrorKind::InvalidAudience => "wrong audience (aud)".to_string(),
+            ErrorKind::Json(_) if header_unreadable => {
+                format!("unknown algorithm or malformed header (this server accepts {:?} only)", self.algorithm)
+            }
             ErrorKind::Json(_) => "malformed claims (channels must be a list of strings, sub a string)".to_string(),
             _ => "malformed token (expected header.payload.signature in base64url)".to_string(),
         };
