@@ -517,6 +517,19 @@ mod tests {
     }
 
     #[test]
+    fn credentials_for_access_control() {
+        let creds = |target: &str, extra: &str| parse(&req(target, extra)).unwrap().unwrap().0.credentials;
+        assert_eq!(creds("/ws?channels=a", ""), Credentials::default());
+        let c = creds("/ws?channels=a&token=a.b%2Dc.d", "Origin: https://x.test \r\n");
+        assert_eq!((c.token.as_deref(), c.origin.as_deref()), (Some("a.b-c.d"), Some("https://x.test")));
+        assert_eq!(creds("/ws", "Authorization: Bearer h.p.s\r\n").token.as_deref(), Some("h.p.s"));
+        assert_eq!(creds("/ws", "Authorization: Basic dXNlcg==\r\n").token, None);
+        let both = creds("/ws?token=from.the.url", "Authorization: Bearer from.the.header\r\n");
+        assert_eq!(both.token.as_deref(), Some("from.the.url"), "the URL's token wins");
+        assert_eq!(parse(&req("/ws?token=%zz", "")).unwrap_err().status().0, 400);
+    }
+
+    #[test]
     fn deflate_negotiation() {
         let ok =
             |ext: &str| parse(&req("/ws", &format!("Sec-WebSocket-Extensions: {ext}\r\n"))).unwrap().unwrap().0.deflate;
