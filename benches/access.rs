@@ -1,5 +1,5 @@
 //! The cost of access control per handshake: `Access::admit` with no key (everything
-//! public), with an HS256 key and with an ES256 key, for a token granting a prefix pattern
+//! public), with an HS256, an ES256 and an EdDSA key, for a token granting a prefix pattern
 //! and a connection asking for two channels. `cargo bench --bench access`.
 
 use std::time::Duration;
@@ -23,6 +23,16 @@ nTid/1iTKo+xoaX0alE7hBlUWRU1Oy+1AAvYbNSk1dIMX1D6JFxABBLc
 const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEnZKoZemeecUFVAcRyhsNMZNiO2GV
 0J04nf9YkyqPsaGl9GpRO4QZVFkVNTsvtQAL2GzUpNXSDF9Q+iRcQAQS3A==
+-----END PUBLIC KEY-----
+";
+
+// An Ed25519 key pair made for this bench only.
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEILVf2MHgxKY/iU77/pWwtJZsQGKnpohFXV6buwHXMvok
+-----END PRIVATE KEY-----
+";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAopTQHV9yA4E7ulZoHnngawGRFFc1fP4/+tU2NbLuzVc=
 -----END PUBLIC KEY-----
 ";
 
@@ -57,10 +67,12 @@ fn admit(c: &mut Criterion) {
     let origin = Some("https://app.example.com".to_string());
     let hs = token(Algorithm::HS256, &EncodingKey::from_secret(SECRET).unwrap());
     let es = token(Algorithm::ES256, &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap());
+    let ed = token(Algorithm::EdDSA, &EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap());
     let cases = [
         ("no_key", Access::open(), None),
         ("hs256", access(JwtAlgorithm::HS256, SECRET), Some(hs)),
         ("es256", access(JwtAlgorithm::ES256, EC_PUBLIC.as_bytes()), Some(es)),
+        ("eddsa", access(JwtAlgorithm::EdDSA, ED_PUBLIC.as_bytes()), Some(ed)),
     ];
     let mut g = c.benchmark_group("access_admit");
     for (name, access, token) in cases {

@@ -3,7 +3,8 @@
 # crier-load pinned to CPU 1, and prints crier-load's report (add --json for JSON).
 #
 #   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N, SRC_IPS=K): RSS growth per connection
-#                                     (JWT=HS256 or ES256: every connection with a token, crier with --jwt-key-file)
+#                                     (JWT=HS256 or ES256: every connection with a token for channel c, crier with
+#                                     --jwt-key-file; compare with `density --channels c`; CONNECT_RATE=R)
 #   loadtest/targets.sh handshakes    storm mode for the handshake rate: CONNECTIONS (default 10,000) reconnect at
 #                                     once, each with a token (JWT=none|HS256|ES256, default HS256)
 #   loadtest/targets.sh throughput    10,000 connections (CONNECTIONS=N), 256 B at 100 msg/s: deliveries per server CPU-second
@@ -128,10 +129,12 @@ status=0
 case $target in
 density)
     jwt_setup
+    # With a token, every client subscribes to `c` (which the token grants): compare with
+    # `loadtest/targets.sh density --channels c`, which does the same without a key.
     channels=()
     [ -n "$token_query" ] && channels=(--channels c)
     start_crier a --max-connections 19500 "${jwt_args[@]}"
-    "$load" --mode idle --url "$url$token_query" "${channels[@]}" -n "${CONNECTIONS:-19000}" --connect-rate 5000 \
+    "$load" --mode idle --url "$url$token_query" "${channels[@]}" -n "${CONNECTIONS:-19000}" --connect-rate "${CONNECT_RATE:-5000}" \
         --src-ips "${SRC_IPS:-2}" --duration 10s --server-pid "${pids[0]}" --pin-cpu 1 "$@"
     ;;
 handshakes)
