@@ -451,3 +451,59 @@ fn a_flood_of_bad_tokens_costs_nothing_and_harms_no_one() {
     let grew = s.rss_bytes().saturating_sub(rss0);
     assert!(grew < 8 << 20, "RSS grew {grew} bytes over {rounds} refused handshakes");
 }
+
+/// The README's "Access control" example, as written: its Python backend (PyJWT) mints
+/// the token, crier started with the README's flags admits the page's channels with it.
+#[test]
+fn the_readme_example_works() {
+    let readme = readme();
+    let section = &readme[readme.find("### Access control").expect("an Access control section")..];
+    let code = |lang: &str| {
+        let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("a {lang} block")) + lang.len() + 4;
+        section[start..start + section[start..].find("```").unwrap()].to_string()
+    };
+    let dir = TempDir::new();
+    let secret = dir.join("jwt.secret");
+    let out = Command::new("openssl").args(["rand", "-hex", "32"]).output().expect("openssl (.ci/run installs it)");
+    std::fs::write(&secret, &out.stdout).unwrap();
+    // The backend as written, on a free port and with the test's secret file.
+    let served = "HTTPServer((\"127.0.0.1\", 8000), Handler).serve_forever()";
+    let backend = code("python");
+    assert!(backend.contains(served) && backend.contains("/etc/crier/jwt.secret"), "{backend}");
+    let backend = backend.replace("/etc/crier/jwt.secret", secret.to_str().unwrap()).replace(
+        served,
+        "srv = HTTPServer((\"127.0.0.1\", 0), Handler)\nprint(srv.server_address[1], flush=True)\nsrv.serve_forever()",
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", &backend])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (.ci/run installs it)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(py.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("backend printed {line:?} (is PyJWT installed?)"));
+    // crier with the README's flags.
+    let sh = code("sh");
+    let flags = sh[sh.find("crier serve").unwrap() + "crier serve".len()..].replace("\\\n", " ");
+    let flags: Vec<String> = flags
+        .split_whitespace()
+        .map(|f| f.trim_matches('\'').replace("/etc/crier/jwt.secret", secret.to_str().unwrap()))
+        .collect();
+    assert!(flags.contains(&"--public-channels".to_string()), "{flags:?}");
+    let s = Server::builder(Driver::Epoll).args(flags).start();
+    let token = http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/crier-token").unwrap().body_text();
+    // SAFETY: signal to the PID of the child this test spawned.
+    unsafe { libc::kill(py.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = py.wait();
+    let html = code("html");
+    assert!(html.contains("channels: [\"news\", \"user.42.inbox\", \"team.7\"]"), "{html}");
+    let origin = [("Origin", "https://app.example.com")];
+    let mut page = upgrade(&s, &format!("/ws?channels=news,user.42.inbox,team.7&token={token}"), &origin)
+        .expect("the page's channels, with the backend's token");
+    refused(&s, &format!("/ws?channels=user.43.inbox&token={token}"), &origin, 403, "channel not allowed");
+    refused(&s, "/ws?channels=user.42.inbox", &origin, 401, "invalid token: missing");
+    refused(&s, &format!("/ws?channels=news&token={token}"), &[("Origin", "https://other.test")], 403, "origin");
+    s.publish("user.42.inbox", "hi");
+    assert_eq!(page.expect_text(), "hi");
+}
