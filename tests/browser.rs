@@ -444,8 +444,8 @@ fn browser_renews_an_expired_token_and_resumes_without_loss() {
     let got = collect_until(&mut b, &[("board", 3)]);
     assert_eq!(got["board"].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
 
-    // Then a token that expires in 4 s: the backend hands it out, the page reconnects.
-    b.command(&format!("token {} 0", token(4)));
+    // Then a token that expires in 6 s: the backend hands it out, the page reconnects.
+    b.command(&format!("token {} 0", token(6)));
     b.until("ack token");
     b.command("drop 0");
     b.until("close");
