@@ -1,5 +1,5 @@
 //! Access control against the real binary: signed connection tokens minted by PyJWT
-//! (tests/python/mint.py; HS256, ES256 and EdDSA), public channels, origins, the admin
+//! (tests/python/mint.py; HS256, ES256, EdDSA and RS256), public channels, origins, the admin
 //! token, expiry in the sweep (4001), SIGHUP reloads. Every refusal is checked for its
 //! status, its body and its counter, and a subscriber that was admitted keeps receiving
 //! everything throughout.
@@ -193,8 +193,8 @@ fn hs256_tokens_grant_channels_and_every_refusal_is_counted() {
 }
 
 #[test]
-fn es256_and_eddsa_keys_with_issuer_and_audience() {
-    for alg in ["ES256", "EdDSA"] {
+fn es256_eddsa_and_rs256_keys_with_issuer_and_audience() {
+    for alg in ["ES256", "EdDSA", "RS256"] {
         let dir = TempDir::new();
         let (private, public) = keygen(alg, &dir);
         let other_dir = TempDir::new();

@@ -2,7 +2,7 @@
 """Mint JWTs for tests/access.rs with PyJWT (and generate key pairs with cryptography).
 
 Usage:
-  mint.py keygen ES256|EdDSA DIR   writes DIR/private.pem and DIR/public.pem (PKCS#8 / SPKI)
+  mint.py keygen ES256|EdDSA|RS256 DIR   writes DIR/private.pem and DIR/public.pem (PKCS#8 / SPKI)
   mint.py sign                     reads JSON lines on stdin, one token request each:
                                      {"alg": "HS256", "key": "<path>", "claims": {...},
                                       "headers": {...}}   ("headers" optional; alg "none"
@@ -17,7 +17,7 @@ import sys
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 
 def keygen(alg, out):
@@ -25,6 +25,8 @@ def keygen(alg, out):
         key = ec.generate_private_key(ec.SECP256R1())
     elif alg == "EdDSA":
         key = ed25519.Ed25519PrivateKey.generate()
+    elif alg == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     else:
         print(f"keygen: unsupported algorithm {alg}", file=sys.stderr)
         sys.exit(2)
