@@ -3,6 +3,10 @@
 # crier-load pinned to CPU 1, and prints crier-load's report (add --json for JSON).
 #
 #   loadtest/targets.sh density       19,000 idle connections (CONNECTIONS=N, SRC_IPS=K): RSS growth per connection
+#                                     (JWT=HS256 or ES256: every connection with a token for channel c, crier with
+#                                     --jwt-key-file; compare with `density --channels c`; CONNECT_RATE=R)
+#   loadtest/targets.sh handshakes    storm mode for the handshake rate: CONNECTIONS (default 10,000) reconnect at
+#                                     once, each with a token (JWT=none|HS256|ES256, default HS256)
 #   loadtest/targets.sh throughput    10,000 connections (CONNECTIONS=N), 256 B at 100 msg/s: deliveries per server CPU-second
 #   loadtest/targets.sh latency       19,000 connections (CONNECTIONS=N to change), 1 KiB at 10 msg/s: latency, loss
 #   loadtest/targets.sh compression   the throughput run with every client on permessage-deflate
@@ -25,7 +29,7 @@ set -euo pipefail
 export CRIER_MAX_CONNECTIONS_PER_IP=${CRIER_MAX_CONNECTIONS_PER_IP:-0}
 export CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND=${CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND:-0}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-target=${1:?usage: loadtest/targets.sh density|throughput|latency|compression|multiproc|storm|soak [crier-load args]}
+target=${1:?usage: loadtest/targets.sh density|handshakes|throughput|latency|compression|multiproc|storm|soak [crier-load args]}
 shift
 cargo build --release -q -p crier -p crier-load
 crier=target/release/crier
@@ -94,6 +98,37 @@ counters() {
         grep -E '^crier_(messages_published|frames_encoded|compressions|slow_consumer_closes)_total' || true
 }
 
+# jwt_setup: for JWT=HS256|ES256, a key (made here, with openssl or Python's cryptography)
+# and one token minted by PyJWT (tests/python/mint.py) granting channel `c` for an hour;
+# sets jwt_args (crier serve flags) and token_query (`?token=…`, or empty for JWT=none).
+jwt_setup() {
+    jwt_args=()
+    token_query=""
+    local alg=${JWT:-none} key sign
+    case $alg in
+    none) return 0 ;;
+    HS256)
+        openssl rand -hex 32 >"$work/jwt.secret"
+        key=$work/jwt.secret sign=$work/jwt.secret
+        ;;
+    ES256)
+        python3 tests/python/mint.py keygen ES256 "$work"
+        key=$work/public.pem sign=$work/private.pem
+        ;;
+    *)
+        echo "JWT must be none, HS256 or ES256, not '$alg'" >&2
+        exit 2
+        ;;
+    esac
+    jwt_args=(--jwt-key-file "$key" --jwt-algorithm "$alg")
+    local exp token
+    exp=$(($(date +%s) + 3600))
+    token=$(printf '{"alg": "%s", "key": "%s", "claims": {"exp": %s, "channels": ["c"]}}\n' "$alg" "$sign" "$exp" |
+        python3 tests/python/mint.py sign)
+    token_query="?token=$token"
+    echo "JWT=$alg: crier ${jwt_args[*]}; every client sends a ${#token}-byte token" >&2
+}
+
 # Clients spread over source addresses 127.0.0.1…K so that none uses more than half of its
 # ephemeral ports (a storm needs twice: the dropped connections sit in TIME_WAIT); past that
 # the kernel's connect() port search, not crier, limits the connect rate.
@@ -101,9 +136,21 @@ url="ws://127.0.0.1:$port/ws"
 status=0
 case $target in
 density)
-    start_crier a --max-connections 19500
-    "$load" --mode idle --url "$url" -n "${CONNECTIONS:-19000}" --connect-rate 5000 --src-ips "${SRC_IPS:-2}" \
-        --duration 10s --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    jwt_setup
+    # With a token, every client subscribes to `c` (which the token grants): compare with
+    # `loadtest/targets.sh density --channels c`, which does the same without a key.
+    channels=()
+    [ -n "$token_query" ] && channels=(--channels c)
+    start_crier a --max-connections 19500 "${jwt_args[@]}"
+    "$load" --mode idle --url "$url$token_query" "${channels[@]}" -n "${CONNECTIONS:-19000}" --connect-rate "${CONNECT_RATE:-5000}" \
+        --src-ips "${SRC_IPS:-2}" --duration 10s --server-pid "${pids[0]}" --pin-cpu 1 "$@"
+    ;;
+handshakes)
+    JWT=${JWT:-HS256}
+    jwt_setup
+    start_crier a --max-connections 19500 "${jwt_args[@]}"
+    "$load" --mode storm --url "$url$token_query" --channels c -n "${CONNECTIONS:-10000}" --src-ips 4 \
+        --connect-rate 5000 --publish-socket "$work/a.sock" --server-pid "${pids[0]}" --pin-cpu 1 "$@"
     ;;
 throughput | compression)
     deflate=()

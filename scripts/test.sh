@@ -69,6 +69,15 @@ if ! command -v kosoku >/dev/null 2>&1; then
 fi
 kosoku --help >/dev/null
 
+# Python PyJWT with cryptography (ES256, EdDSA): tests/access.rs mints its tokens with them.
+if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    echo ".ci/run: installing Python PyJWT and cryptography"
+    python3 -m pip install -q PyJWT cryptography \
+        || python3 -m pip install -q --break-system-packages PyJWT cryptography \
+        || { sudo_if_needed apt-get update -q && sudo_if_needed apt-get install -y -q python3-jwt python3-cryptography; }
+fi
+python3 -c 'import jwt, cryptography; print("python PyJWT", jwt.__version__, "cryptography", cryptography.__version__)'
+
 # playwright-core (drives /usr/bin/chromium; it downloads no browser) for tests/browser.rs,
 # at the version tests/browser/package-lock.json pins.
 browser_dir=tests/browser

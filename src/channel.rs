@@ -56,8 +56,7 @@ impl ChannelName {
         &*self.0 == BROADCAST
     }
 
-    /// Only tests need the name as text; crier itself writes it through `Display`.
-    #[cfg(test)]
+    /// The name as text (access control matches it against patterns).
     pub fn as_str(&self) -> &str {
         &self.0
     }

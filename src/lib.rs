@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map. The binary (`main.rs`) only dispatches subcommands.
 
+pub mod access;
 pub mod channel;
 pub mod cluster;
 pub mod config;

@@ -36,6 +36,16 @@ struct Browser {
 
 impl Browser {
     fn start(crier_http: &str, channels: &str, last: u32) -> Browser {
+        Self::launch(crier_http, channels, last, None)
+    }
+
+    /// The page takes its token from its backend (`GET /token` on run.mjs, answering
+    /// `first` until told otherwise with [`Browser::command`] `token <jwt> <delayMs>`).
+    fn start_with_token(crier_http: &str, channels: &str, first: &str) -> Browser {
+        Self::launch(crier_http, channels, 0, Some(first))
+    }
+
+    fn launch(crier_http: &str, channels: &str, last: u32, token: Option<&str>) -> Browser {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
         assert!(
             Path::new(CHROMIUM).exists(),
@@ -49,6 +59,8 @@ impl Browser {
         let mut child = Command::new("node")
             .arg(dir.join("run.mjs"))
             .args([crier_http, channels, &last.to_string()])
+            .args(token.map(|_| "token"))
+            .env("CRIER_BROWSER_TOKEN", token.unwrap_or(""))
             .env("CHROMIUM", CHROMIUM)
             .env("CRIER_BROWSER_TIMEOUT_MS", "150000")
             .stdin(Stdio::piped())
@@ -380,4 +392,112 @@ fn browser_resumes_after_a_cut_and_reports_a_reset_after_a_restart() {
     assert!(extra.iter().all(|l| page_msg(l).is_none()), "no other message: {extra:?}");
     // Shown with --nocapture.
     eprintln!("{}", b.context());
+}
+
+/// Signs a token with PyJWT (tests/python/mint.py, as tests/access.rs does).
+fn mint_hs256(key: &Path, claims: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mint.py");
+    let mut child = Command::new("python3")
+        .args([script, "sign"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn python3 (.ci/run installs it): {e}"));
+    let req = format!("{{\"alg\": \"HS256\", \"key\": {:?}, \"claims\": {claims}}}\n", key.to_str().unwrap());
+    child.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mint.py failed (PyJWT missing? .ci/run installs it: python3 -m pip install PyJWT cryptography): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// With `--jwt-key-file`, the page's token expires while messages keep coming: crier
+/// closes it with 4001 from its sweep, crier.js asks the page's backend for a new token
+/// (which takes 400 ms, while publishing goes on), reconnects with it and `since=`, and
+/// the page shows every message once, in order.
+#[test]
+fn browser_renews_an_expired_token_and_resumes_without_loss() {
+    let dir = TempDir::new();
+    let key = dir.join("secret");
+    std::fs::write(&key, "browser-test-secret-0123456789abcdef\n").unwrap();
+    let s = Server::builder(Driver::Epoll).args(["--jwt-key-file", key.to_str().unwrap()]).start();
+    let base = format!("http://127.0.0.1:{}", s.ws.port());
+    let token = |secs: u64| mint_hs256(&key, &format!("{{\"exp\": {}, \"channels\": [\"board\"]}}", unix_now() + secs));
+    let mut p = s.publisher();
+    // However long Chromium takes to start, the first connection's token is still good.
+    let mut b = Browser::start_with_token(&base, "board", &token(600));
+    b.until("ready");
+    b.until("token-fetched");
+    let (open, _) = b.until("open");
+    assert!(open.contains("resumed=false"), "{open}");
+    for seq in 1..=3 {
+        publish_board(&mut p, seq);
+    }
+    let got = collect_until(&mut b, &[("board", 3)]);
+    assert_eq!(got["board"].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    // Then a token that expires in 6 s: the backend hands it out, the page reconnects.
+    b.command(&format!("token {} 0", token(6)));
+    b.until("ack token");
+    b.command("drop 0");
+    b.until("close");
+    b.until("token-fetched");
+    let (open, _) = b.until("open");
+    assert!(open.contains("resumed=true"), "{open}");
+
+    // The backend's next token, handed out slowly.
+    b.command(&format!("token {} 400", token(600)));
+    b.until("ack token");
+
+    // Publish every 50 ms across the expiry until the page is back and has had 10 more.
+    let mut lines = Vec::new();
+    let mut seq = 3;
+    let mut reopened_at = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reopened_at.is_none_or(|at| seq < at + 10) {
+        assert!(Instant::now() < deadline, "the page did not come back\n{}", b.context());
+        seq += 1;
+        publish_board(&mut p, seq);
+        lines.extend(b.drain_for(Duration::from_millis(50)));
+        if reopened_at.is_none() && lines.iter().any(|l| l.starts_with("open")) {
+            reopened_at = Some(seq);
+        }
+    }
+    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+    let close = at("close").map(|i| lines[i].clone()).expect("a close line");
+    assert!(
+        close.starts_with("close code=4001 reconnect=0"),
+        "expiry closes 4001 and crier.js comes back at once: {close}"
+    );
+    let (closed, fetched, opened) = (at("close").unwrap(), at("token-fetched"), at("open").unwrap());
+    assert!(
+        fetched.is_some_and(|f| closed < f && f < opened),
+        "a new token is fetched between the close and the open: {lines:?}"
+    );
+    assert!(lines[opened].contains("resumed=true"), "the reconnection resumes: {}", lines[opened]);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("close")).count(), 1, "one close only: {lines:?}");
+
+    let mut msgs: Vec<PageMsg> = lines.iter().filter_map(|l| page_msg(l)).collect();
+    if msgs.last().is_none_or(|m| m.seq < seq) {
+        let rest = collect_until(&mut b, &[("board", seq)]);
+        msgs.extend(rest.get("board").cloned().unwrap_or_default());
+    }
+    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (4..=seq).collect::<Vec<_>>(), "every message once, in order, across the renewal");
+    assert!(msgs.iter().all(|m| m.data == text_payload("board", m.seq)));
+    assert!(
+        s.metric0("crier_messages_replayed_total", &[]) >= 1.0,
+        "what went out while the page was away was replayed"
+    );
+    assert_eq!(s.metric0("crier_connections_closed_total", &[("reason", "token_expired")]), 1.0);
+    let extra = b.drain_for(Duration::from_millis(300));
+    assert!(extra.iter().all(|l| page_msg(l).is_none()), "no duplicate: {extra:?}");
 }

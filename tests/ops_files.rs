@@ -352,6 +352,9 @@ fn the_server_accepts_the_sample_with_everything_uncommented() {
     let (toml, _) = sample_uncommented();
     let file = dir.path("crier.toml");
     std::fs::write(&file, toml).unwrap();
+    // The sample's key files are under /etc/crier; flags point at test ones instead.
+    std::fs::write(dir.path("jwt.secret"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(dir.path("admin.token"), "admin-token\n").unwrap();
     let mut cmd = Command::new(BIN);
     // Flags beat the file: keep the test on loopback, ephemeral ports and its own socket.
     cmd.arg("serve")
@@ -360,6 +363,10 @@ fn the_server_accepts_the_sample_with_everything_uncommented() {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--publish-socket")
         .arg(dir.path("p.sock"))
+        .arg("--jwt-key-file")
+        .arg(dir.path("jwt.secret"))
+        .arg("--admin-token-file")
+        .arg(dir.path("admin.token"))
         .env("NO_COLOR", "1")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG");

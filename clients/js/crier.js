@@ -21,7 +21,10 @@
 //   cluster mode does), so the server
 //   replays what was missed, then continues live, each message exactly once;
 // - reports, as events, what cannot be replayed: `gap` (those messages are gone from the
-//   server's history) and `reset` (the server restarted: sequence numbers start afresh).
+//   server's history) and `reset` (the server restarted: sequence numbers start afresh);
+// - sends a signed token (`token` option: a string, or a function, possibly async, called
+//   before every connection) as `?token=`; when the server closes with 4001 (token
+//   expired) it fetches a new one and reconnects at once, resuming where it was.
 //
 // Events (all `CustomEvent`s; read `event.detail`):
 //   message  {channel, seq, epoch, data, binary}  data: string (text) or Uint8Array (binary)
@@ -37,6 +40,9 @@
 
 /** The subprotocol that asks crier for envelopes. */
 export const SUBPROTOCOL = "crier.v1";
+
+/** The close code crier sends when the connection's token expired. */
+export const TOKEN_EXPIRED = 4001;
 
 const NEWLINE = 0x0a;
 
@@ -60,6 +66,9 @@ export class CrierClient extends EventTarget {
    *   backoff
    * @param {typeof WebSocket} [options.WebSocket]  WebSocket constructor (for Node < 22)
    * @param {boolean} [options.connect=true]  connect at once (else call `connect()`)
+   * @param {string | (() => string | Promise<string>)} [options.token]  the signed token
+   *   crier checks (`--jwt-key-file`), sent as `?token=`; a function is called before
+   *   every (re)connection, so it can fetch a fresh token from the page's backend
    */
   constructor(url, options = {}) {
     super();
@@ -89,6 +98,10 @@ export class CrierClient extends EventTarget {
     this._openedAt = 0;
     this._downUntil = 0;
     this._decoder = new TextDecoder("utf-8");
+    this._token = options.token ?? null;
+    /** Counts connection attempts, so a token that arrives late for one is dropped. */
+    this._gen = 0;
+    this._fetching = false;
     if (options.connect ?? true) this.connect();
   }
 
@@ -108,8 +121,29 @@ export class CrierClient extends EventTarget {
     this._closed = false;
     clearTimeout(this._timer);
     this._timer = null;
-    if (this._ws) return;
-    const target = this._target();
+    if (this._ws || this._fetching) return;
+    if (typeof this._token !== "function") return this._open(this._token);
+    // A token source: ask it before every connection (a token may have expired since).
+    const gen = ++this._gen;
+    this._fetching = true;
+    Promise.resolve()
+      .then(() => this._token())
+      .then(
+        (token) => {
+          this._fetching = false;
+          if (gen === this._gen && !this._closed) this._open(token);
+        },
+        (e) => {
+          this._fetching = false;
+          if (gen !== this._gen || this._closed) return;
+          this._emit("error", { message: `token: ${e}` });
+          this._scheduleReconnect();
+        },
+      );
+  }
+
+  _open(token) {
+    const target = this._target(token);
     let ws;
     try {
       ws = new this._WebSocket(target.url, SUBPROTOCOL);
@@ -135,7 +169,8 @@ export class CrierClient extends EventTarget {
       this._ws = null;
       if (this._openedAt && Date.now() - this._openedAt >= this.stableMs) this._attempt = 0;
       this._openedAt = 0;
-      const delay = this._closed ? null : this._scheduleReconnect();
+      // 4001: the token expired, which is not a failure: come back at once with a new one.
+      const delay = this._closed ? null : this._scheduleReconnect(ev.code === TOKEN_EXPIRED ? 0 : undefined);
       this._emit("close", { code: ev.code, reason: ev.reason, wasClean: ev.wasClean, reconnectInMs: delay });
     };
     // An error is always followed by a close event; that is where reconnection happens.
@@ -145,6 +180,7 @@ export class CrierClient extends EventTarget {
   /** Close the connection and stop reconnecting. */
   close() {
     this._closed = true;
+    this._gen += 1;
     clearTimeout(this._timer);
     this._timer = null;
     if (this._ws) this._ws.close(1000);
@@ -161,9 +197,10 @@ export class CrierClient extends EventTarget {
   }
 
   // The URL of the next connection: resume when a position is known.
-  _target() {
+  _target(token) {
     const q = [];
     if (this.channels.length) q.push(`channels=${this.channels.join(",")}`);
+    if (token) q.push(`token=${encodeURIComponent(token)}`);
     let resumed = false;
     if (this.epoch !== null && this.channels.length) {
       const known = this.channels.map((c) => this._pos.get(c));
@@ -185,11 +222,12 @@ export class CrierClient extends EventTarget {
     return { url: q.length ? `${this.url}?${q.join("&")}` : this.url, resumed };
   }
 
-  // Exponential backoff with full jitter; returns the delay chosen.
-  _scheduleReconnect() {
+  // Exponential backoff with full jitter; returns the delay chosen. `now` (0) skips it.
+  _scheduleReconnect(now) {
     const bound = Math.min(this.backoffCapMs, this.backoffBaseMs * 2 ** Math.min(this._attempt, 30));
-    const delay = Math.max(Math.floor(Math.random() * bound), this._downUntil - Date.now());
-    this._attempt += 1;
+    const jitter = now ?? Math.floor(Math.random() * bound);
+    const delay = Math.max(jitter, this._downUntil - Date.now());
+    if (now === undefined) this._attempt += 1;
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       this._timer = null;

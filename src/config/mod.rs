@@ -5,10 +5,13 @@
 //! `crier serve --help` is the manual. Precedence is flag, then environment, then file, then
 //! default. This is the only module that reads the environment.
 
+mod access;
 mod file;
 mod peer;
 
 pub use peer::PeerArgs;
+
+pub use access::{AccessArgs, AccessSettings, JwtAlgorithm, JwtSettings};
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -243,6 +246,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_LOG_LEVEL", default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: String,
 
+    /// Access control: tokens, public channels, origins, the admin token (`access.rs`).
+    #[command(flatten)]
+    pub access: AccessArgs,
+
     // ---- cluster mode (src/cluster/); without --redis none of these is used ----
     /// Cluster mode: join the other crier nodes through this Redis
     /// (`redis://[user:pass@]host:port[/db]`). Publishes are numbered by Redis and reach
@@ -392,6 +399,8 @@ pub struct Config {
     pub redis: Option<crate::cluster::RedisConfig>,
     /// Per-address limits and trusted proxies.
     pub peer: crate::peer::PeerConfig,
+    /// Access control (`crate::access`).
+    pub access: AccessSettings,
     /// Test only (debug builds): the shard to wedge (see `ServeArgs::debug_wedge_shard`).
     #[cfg(debug_assertions)]
     pub debug_wedge_shard: Option<Wedge>,
@@ -544,6 +553,7 @@ impl ServeArgs {
             ),
         };
         let peer = self.peer.resolve().map_err(ConfigError)?;
+        let access = self.access.clone().resolve()?;
         let log_filter =
             std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| self.log_level.clone());
         let watchdog = std::env::var("WATCHDOG_USEC")
@@ -588,6 +598,7 @@ impl ServeArgs {
             watchdog,
             redis,
             peer,
+            access,
             #[cfg(debug_assertions)]
             debug_wedge_shard: self.debug_wedge_shard,
         })

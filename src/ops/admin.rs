@@ -1,6 +1,7 @@
 //! Admin HTTP: `GET /metrics` (Prometheus text) and `GET /healthz`, on the admin address
 //! only (127.0.0.1 by default), never on the public WebSocket port. `/healthz` answers 503
 //! while draining, and while publishers cannot reach crier through `--publish-socket`.
+//! With `--admin-token-file`, every route but `/healthz` needs `Authorization: Bearer`.
 
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::access::Access;
 use crate::ops::capacity::{AcceptErrors, MAX_ADMIN_CONNECTIONS};
 use crate::ops::metrics::Metrics;
 use crate::shard::sockio::{recv_some, send_all, send_now};
@@ -19,8 +21,9 @@ use crate::ws::http;
 /// Serves admin requests until the process exits. At most `MAX_ADMIN_CONNECTIONS` are
 /// served at once, so that a flood of admin connections cannot take the descriptors kept
 /// for publishers; past it a request gets a 503 straight away.
-pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, access: Arc<Access>) {
     let metrics = Rc::new(metrics);
+    let access = Rc::new(access);
     let open = Rc::new(Cell::new(0usize));
     let mut errors = AcceptErrors::default();
     loop {
@@ -29,10 +32,10 @@ pub async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
                 let _ = send_now(stream.as_raw_fd(), &busy());
             }
             Ok((stream, _)) => {
-                let (metrics, open) = (metrics.clone(), open.clone());
+                let (metrics, open, access) = (metrics.clone(), open.clone(), access.clone());
                 open.set(open.get() + 1);
                 monoio::spawn(async move {
-                    let _ = monoio::time::timeout(Duration::from_secs(10), serve(stream, &metrics)).await;
+                    let _ = monoio::time::timeout(Duration::from_secs(10), serve(stream, &metrics, &access)).await;
                     open.set(open.get() - 1);
                 });
             }
@@ -46,9 +49,10 @@ fn busy() -> Vec<u8> {
     http::response("503 Service Unavailable", "text/plain", &[], b"too many admin connections\n")
 }
 
-async fn serve(stream: TcpStream, metrics: &Metrics) {
+async fn serve(stream: TcpStream, metrics: &Metrics, access: &Access) {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
+    let mut extra: &[(&str, &str)] = &[];
     let (status, ctype, body) = loop {
         match recv_some(&stream, &mut buf[len..]).await {
             Ok(0) | Err(_) => return,
@@ -57,12 +61,27 @@ async fn serve(stream: TcpStream, metrics: &Metrics) {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break route(req.method, req.path, metrics),
+            Ok(httparse::Status::Complete(_)) => {
+                let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+                let auth = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("Authorization")).map(|h| h.value);
+                // --admin-token-file: everything but /healthz (load balancers probe it
+                // without credentials) needs the bearer token.
+                if path != "/healthz" && !access.admin_allows(auth) {
+                    metrics.admin_unauthorized.fetch_add(1, Relaxed);
+                    extra = &[("WWW-Authenticate", "Bearer")];
+                    break (
+                        "401 Unauthorized",
+                        "text/plain",
+                        "unauthorized: send Authorization: Bearer <the token of --admin-token-file>\n".to_string(),
+                    );
+                }
+                break route(req.method, req.path, metrics);
+            }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => break ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         }
     };
-    let resp = http::response(status, ctype, &[], body.as_bytes());
+    let resp = http::response(status, ctype, extra, body.as_bytes());
     let _ = send_all(&stream, &resp).await;
 }
 

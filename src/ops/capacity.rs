@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::ops::metrics::Metrics;
-use crate::peer::limits::PeerCount;
+use crate::peer::AddrKey;
+use crate::peer::limits::{PeerCount, PeerTable};
 
 /// Cluster mode (`--redis`): the `crier-cluster` thread's descriptors. Its tokio runtime
 /// holds an epoll and an eventfd, and a Redis session two sockets (commands, pub/sub);
@@ -102,28 +102,34 @@ pub fn budget(configured: usize, nofile: u64, shards: usize, cluster: bool) -> R
 /// One WebSocket socket's share of the limit, held for as long as its descriptor is open,
 /// and once its client's address is known, that address's count (`peer::limits`), given
 /// back with it.
+///
+/// 16 bytes per connection: the table (which reaches the metrics) and the address key.
 pub struct Slot {
-    metrics: Arc<Metrics>,
-    peer: Option<PeerCount>,
+    table: Arc<PeerTable>,
+    peer: Option<AddrKey>,
 }
 
 impl Slot {
     /// Takes a slot if the limit allows one more socket.
-    pub fn try_acquire(metrics: &Arc<Metrics>) -> Option<Slot> {
+    pub fn try_acquire(table: &Arc<PeerTable>) -> Option<Slot> {
+        let metrics = table.metrics();
         let max = metrics.max_connections.load(Relaxed);
         metrics.ws_sockets.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Slot { metrics: metrics.clone(), peer: None })
+        Some(Slot { table: table.clone(), peer: None })
     }
 
     /// Counts this socket under its client's address too, until it closes.
     pub fn hold_peer(&mut self, count: PeerCount) {
-        self.peer = Some(count);
+        self.peer = Some(count.into_key());
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics.ws_sockets.fetch_sub(1, Relaxed);
+        if let Some(key) = self.peer {
+            self.table.release(key);
+        }
+        self.table.metrics().ws_sockets.fetch_sub(1, Relaxed);
     }
 }
 
@@ -184,12 +190,22 @@ mod tests {
 
     #[test]
     fn slots_stop_at_the_limit_and_come_back() {
-        let m = Arc::new(Metrics::new(1));
+        let m = Arc::new(crate::ops::metrics::Metrics::new(1));
         m.max_connections.store(2, Relaxed);
-        let a = Slot::try_acquire(&m).unwrap();
-        let _b = Slot::try_acquire(&m).unwrap();
-        assert!(Slot::try_acquire(&m).is_none());
+        let unlimited = crate::peer::PeerConfig { max_per_ip: 0, handshakes_per_second: 0.0, ..Default::default() };
+        let t = PeerTable::new(&unlimited, m.clone());
+        let a = Slot::try_acquire(&t).unwrap();
+        let _b = Slot::try_acquire(&t).unwrap();
+        assert!(Slot::try_acquire(&t).is_none());
         drop(a);
-        assert!(Slot::try_acquire(&m).is_some());
+        assert!(Slot::try_acquire(&t).is_some());
+        drop(_b);
+        // A slot gives its address's count back with it, and costs 16 bytes.
+        let mut c = Slot::try_acquire(&t).unwrap();
+        c.hold_peer(t.admit("10.0.0.1".parse().unwrap()).unwrap());
+        assert_eq!(m.peer_addresses.load(Relaxed), 1);
+        drop(c);
+        assert_eq!(m.peer_addresses.load(Relaxed), 0, "the address's entry goes with its last connection");
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
     }
 }

@@ -45,6 +45,12 @@ labelled!(
         IpHandshakeRate => "ip_handshake_rate",
         ProxyHeaderInvalid => "proxy_header_invalid",
         ProxyHeaderUntrusted => "proxy_header_untrusted",
+        // Access control (`crate::access`).
+        TokenMissing => "token_missing",
+        TokenInvalid => "token_invalid",
+        TokenExpired => "token_expired",
+        ChannelForbidden => "channel_forbidden",
+        OriginForbidden => "origin_forbidden",
     }
 );
 
@@ -60,6 +66,7 @@ labelled!(
         IdleTimeout => "idle_timeout",
         Shutdown => "shutdown",
         IoError => "io_error",
+        TokenExpired => "token_expired",
     }
 );
 
@@ -145,6 +152,8 @@ pub struct Metrics {
     pub publish_socket_recreated: AtomicU64,
     /// Client addresses in the per-address table (`peer::limits`), with connections or idle.
     pub peer_addresses: AtomicUsize,
+    /// Admin requests refused for a missing or wrong bearer token (`--admin-token-file`).
+    pub admin_unauthorized: AtomicU64,
     /// The origin of the one clock every thread reads sweep times on (`swept_at_ms`).
     epoch: Instant,
     /// Cluster mode (written by the cluster thread; rendered only with --redis).
@@ -223,6 +232,7 @@ impl Metrics {
             publish_socket_trouble: Mutex::new(None),
             publish_socket_recreated: AtomicU64::new(0),
             peer_addresses: AtomicUsize::new(0),
+            admin_unauthorized: AtomicU64::new(0),
             epoch: Instant::now(),
             redis: RedisMetrics::new(),
         }
@@ -410,6 +420,13 @@ impl Metrics {
             "Reset notices sent to live crier.v1 subscribers when a channel's epoch changed (cluster mode).",
         );
         let _ = writeln!(o, "crier_live_resets_total {}", self.live_resets.load(Relaxed));
+        head(
+            &mut o,
+            "crier_admin_unauthorized_total",
+            "counter",
+            "Admin requests refused 401 for a missing or wrong bearer token (--admin-token-file).",
+        );
+        let _ = writeln!(o, "crier_admin_unauthorized_total {}", self.admin_unauthorized.load(Relaxed));
         head(&mut o, "crier_driver", "gauge", "1 for the io driver in use.");
         let driver = self.driver.get().copied().unwrap_or("none");
         for d in ["io_uring", "epoll"] {

@@ -79,13 +79,26 @@ pub struct PeerTable {
 /// A connection's place in the table: given back (count − 1, the entry dropped at zero)
 /// when it is dropped, with the connection's `capacity::Slot`.
 pub struct PeerCount {
-    table: Arc<PeerTable>,
+    /// `None` once handed to a `capacity::Slot` (`into_key`), which then gives it back.
+    table: Option<Arc<PeerTable>>,
     key: AddrKey,
+}
+
+impl PeerCount {
+    /// The key alone, for a connection's `capacity::Slot`: the slot already holds the table,
+    /// so the connection pays 8 bytes for its address, not 16. The slot releases it
+    /// ([`PeerTable::release`]).
+    pub fn into_key(mut self) -> AddrKey {
+        self.table = None;
+        self.key
+    }
 }
 
 impl Drop for PeerCount {
     fn drop(&mut self) {
-        self.table.release(self.key);
+        if let Some(t) = &self.table {
+            t.release(self.key);
+        }
     }
 }
 
@@ -153,10 +166,16 @@ impl PeerTable {
             self.idle.fetch_sub(1, Relaxed); // an idle entry has a connection again
         }
         e.conns += 1;
-        Ok(PeerCount { table: self.clone(), key })
+        Ok(PeerCount { table: Some(self.clone()), key })
     }
 
-    fn release(&self, key: AddrKey) {
+    /// The metrics the table counts into (and `capacity::Slot` counts sockets in).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A connection counted under `key` closed.
+    pub fn release(&self, key: AddrKey) {
         let now = self.now_us();
         let mut map = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
         let Some(e) = map.get_mut(&key) else { return };

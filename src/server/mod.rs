@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use monoio::{LegacyDriver, RuntimeBuilder};
 
+use crate::access::Access;
 use crate::cluster::ClusterHandle;
 use crate::config::{Config, DriverChoice};
 use crate::hub::{Hub, ShardMsg};
@@ -49,6 +50,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     log_budget(&budget);
     metrics.max_connections.store(budget.limit, Relaxed);
     let notifier = Notifier::new(cfg.notify_socket.clone());
+    let access = Arc::new(Access::load(&cfg.access)?);
 
     // `ws` lives until this function returns: it keeps the address marked as not shared.
     let mut ws = listen::bind(&cfg)?;
@@ -89,10 +91,10 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         let (tx, rx) = flume::unbounded();
         senders.push(tx.clone());
         let (cfg, metrics, ready, cluster) = (cfg.clone(), metrics.clone(), ready_tx.clone(), cluster.clone());
-        let peers = peers.clone();
+        let (peers, access) = (peers.clone(), access.clone());
         let handle = std::thread::Builder::new()
             .name(format!("crier-shard-{id}"))
-            .spawn(move || shard::runtime::run(id, cfg, (metrics, peers), cluster, listener, (tx, rx), ready))
+            .spawn(move || shard::runtime::run(id, cfg, (metrics, peers), cluster, access, listener, (tx, rx), ready))
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         shards.push(handle);
     }
@@ -114,10 +116,11 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
     let (control_tx, control_rx) = flume::unbounded::<()>();
     let (cready_tx, cready_rx) = mpsc::channel::<Result<(), String>>();
     let control = {
-        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        let (cfg, metrics, access) = (cfg.clone(), metrics.clone(), access.clone());
         std::thread::Builder::new()
             .name("crier-control".into())
             .spawn(move || {
+                let admin = admin.map(|l| (l, access));
                 control_thread(cfg, metrics, senders, publisher, admin, (cluster, deliveries), control_rx, cready_tx)
             })
             .map_err(|e| format!("cannot start control thread: {e}"))?
@@ -142,7 +145,7 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
             .spawn(move || crate::ops::notify::watchdog(&n, &metrics, interval));
     }
 
-    let signal = wait_for_signal(signals);
+    let signal = wait_for_signal(signals, &access);
     tracing::info!("{signal}: draining (close 1001 to every client, up to {:?})", cfg.drain_timeout);
     notifier.notify("STOPPING=1");
     let deadline = Instant::now() + cfg.drain_timeout + Duration::from_secs(2);
@@ -173,7 +176,7 @@ fn control_thread(
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardMsg>>,
     publisher: publish::Bound,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<(std::net::TcpListener, Arc<Access>)>,
     (cluster, deliveries): (Option<ClusterHandle>, Option<crate::cluster::Deliveries>),
     stop: flume::Receiver<()>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -194,20 +197,21 @@ fn control_thread(
                 return;
             }
         };
-        let admin = match admin.map(monoio::net::TcpListener::from_std).transpose() {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = ready.send(Err(format!("admin listener: {e}")));
-                return;
-            }
-        };
+        let admin =
+            match admin.map(|(l, access)| monoio::net::TcpListener::from_std(l).map(|l| (l, access))).transpose() {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("admin listener: {e}")));
+                    return;
+                }
+            };
         let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone(), cluster));
         monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
         if let Some(deliveries) = deliveries {
             publish::spawn_cluster_deliveries(deliveries, ingress.clone());
         }
-        if let Some(admin) = admin {
-            monoio::spawn(admin::accept_loop(admin, metrics.clone()));
+        if let Some((admin, access)) = admin {
+            monoio::spawn(admin::accept_loop(admin, metrics.clone(), access));
         }
         let _ = ready.send(Ok(()));
         // Drain is ordered here, on the thread that publishes, so that every publish
@@ -221,13 +225,22 @@ fn control_thread(
 }
 
 fn install_signal_handlers() -> Result<signal_hook::iterator::Signals, String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signal handlers: {e}"))
 }
 
-fn wait_for_signal(mut signals: signal_hook::iterator::Signals) -> &'static str {
-    let sig = signals.forever().next().unwrap_or(signal_hook::consts::SIGTERM);
-    if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" }
+/// Waits for SIGTERM or SIGINT; each SIGHUP meanwhile reloads the access-control key files
+/// (nobody is disconnected).
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals, access: &Access) -> &'static str {
+    use signal_hook::consts::{SIGHUP, SIGINT};
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => access.reload(),
+            SIGINT => return "SIGINT",
+            _ => return "SIGTERM",
+        }
+    }
+    "SIGTERM"
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::net::TcpStream;
 
+use crate::access::Grant;
 use crate::channel::ChannelName;
 use crate::ops::capacity::Slot;
 use crate::ops::metrics::CloseReason;
@@ -61,6 +62,9 @@ pub struct Conn {
     deflate: bool,
     /// Negotiated `crier.v1`: messages come in envelopes, gaps and resets are announced.
     envelope: bool,
+    /// Unix seconds at which the sweep closes the connection (its token's `exp`, see
+    /// `access::Grant`); 0: never. Four bytes, in what was padding.
+    expires: u32,
     /// Live messages the client already has (it resumed past them).
     skip: RefCell<SkipList>,
     /// Where the connection sits in the shard's subscriber tables.
@@ -84,13 +88,14 @@ pub struct Conn {
 
 impl Conn {
     /// A connection that has just completed its upgrade, at shard clock `now` (ms).
-    pub fn new(stream: TcpStream, deflate: bool, envelope: bool, now: u64, slot: Slot) -> Self {
+    pub fn new(stream: TcpStream, deflate: bool, envelope: bool, now: u64, slot: Slot, grant: Grant) -> Self {
         let fd = stream.as_raw_fd();
         Self {
             stream,
             fd,
             deflate,
             envelope,
+            expires: grant.expires,
             skip: RefCell::new(SkipList::default()),
             membership: RefCell::new(Membership::default()),
             out: RefCell::new(OutboundQueue::default()),
@@ -121,6 +126,11 @@ impl Conn {
     /// Negotiated the `crier.v1` envelope.
     pub fn envelope(&self) -> bool {
         self.envelope
+    }
+
+    /// Its token has expired at Unix time `now` (seconds).
+    pub fn expired(&self, now: u32) -> bool {
+        self.expires != 0 && now >= self.expires
     }
 
     pub fn state(&self) -> State {
@@ -274,5 +284,17 @@ mod tests {
         s.0.push((a.clone(), 7, 10));
         assert!(s.accepts(&a, 1, 8), "a new epoch's seq 1 is not the old epoch's");
         assert!(s.accepts(&a, 2, 8), "and it ended the entry");
+    }
+
+    /// What a connection costs the shard's heap besides its queue and reader contents: the
+    /// `Rc<Conn>` allocation, which must stay in mimalloc's 384-byte size class (the next is
+    /// 448). 360 bytes now, 376 with the `Rc` counts: the token expiry sits in padding, the
+    /// per-address key costs 8 (the `Slot` holds the table instead of the metrics), the
+    /// pong count and the UTF-8 offset of a fragmented message fit in existing padding.
+    #[test]
+    fn conn_size() {
+        let size = std::mem::size_of::<super::Conn>();
+        assert_eq!(size, 360);
+        assert!(size + 16 <= 384, "Rc<Conn> is {} bytes: past the 384-byte size class", size + 16);
     }
 }

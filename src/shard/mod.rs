@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::access::Access;
 use crate::channel::ChannelName;
 use crate::cluster::{ClusterHandle, Fetched};
 use crate::config::Config;
@@ -65,6 +66,8 @@ pub struct Shard {
     pub handshake: HandshakeConfig,
     /// The per-address table, shared by every shard.
     pub peers: Arc<PeerTable>,
+    /// Access control, shared with every shard and the admin endpoint.
+    pub access: Arc<Access>,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     /// Broadcasts queued since the last flush, and their bytes: the batch being built.
@@ -92,12 +95,14 @@ pub struct Shard {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
         peers: Arc<PeerTable>,
         cluster: Option<ClusterHandle>,
+        access: Arc<Access>,
         inbox: flume::Receiver<ShardMsg>,
         requeue: flume::Sender<ShardMsg>,
     ) -> Rc<Self> {
@@ -113,6 +118,7 @@ impl Shard {
             metrics,
             peers,
             handshake,
+            access,
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
             unflushed: Cell::new((0, 0)),

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
@@ -74,6 +75,12 @@ pub enum Flush {
     Blocked,
 }
 
+/// The mark of frame number `n` as the pending pong. Number `u32::MAX` (once in four
+/// billion frames) gets none: that one pong is then never replaced, only followed.
+fn pong_mark(n: u32) -> Option<NonZeroU32> {
+    NonZeroU32::new(n.wrapping_add(1))
+}
+
 /// Frames waiting to be written to one connection.
 #[derive(Debug, Default)]
 pub struct OutboundQueue {
@@ -85,8 +92,9 @@ pub struct OutboundQueue {
     /// Frames popped from the front so far (wrapping): `frames[i]` is frame number
     /// `popped + i`, which is how the pending pong is found again after pops.
     popped: u32,
-    /// Number (as above) of the latest queued pong that no byte of has been written yet.
-    pong: Option<u32>,
+    /// Number (as above) plus one of the latest queued pong that no byte of has been
+    /// written yet (plus one so that `None` costs no space; see [`pong_mark`]).
+    pong: Option<NonZeroU32>,
     /// Pongs in `frames`, started or not.
     pongs: u8,
     /// Bytes of the pongs the client asked for (every ping, answered or coalesced), less the
@@ -107,7 +115,7 @@ impl OutboundQueue {
     /// `asked` is the bytes of every pong this one answers for (the caller may have folded
     /// several pings into it); they count as owed until the client has taken as many bytes.
     pub fn push_pong(&mut self, frame: Rc<OutFrame>, asked: usize) {
-        let pending = self.pong.map(|n| n.wrapping_sub(self.popped) as usize);
+        let pending = self.pong.map(|n| (n.get() - 1).wrapping_sub(self.popped) as usize);
         match pending {
             // Index 0 with bytes written has started: it must go out whole, untouched.
             Some(i) if self.pongs >= MAX_PONGS && i < self.frames.len() && !(i == 0 && self.head_written > 0) => {
@@ -115,7 +123,7 @@ impl OutboundQueue {
                 self.frames[i] = frame;
             }
             _ => {
-                self.pong = Some(self.popped.wrapping_add(self.frames.len() as u32));
+                self.pong = pong_mark(self.popped.wrapping_add(self.frames.len() as u32));
                 self.pongs = self.pongs.saturating_add(1);
                 self.push(frame);
             }
@@ -243,7 +251,7 @@ impl OutboundQueue {
                     self.pongs = self.pongs.saturating_sub(1);
                 }
                 self.frames.pop_front();
-                if self.pong == Some(self.popped) {
+                if self.pong == pong_mark(self.popped) {
                     self.pong = None;
                 }
                 self.popped = self.popped.wrapping_add(1);

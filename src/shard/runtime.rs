@@ -76,11 +76,13 @@ pub fn build_runtime(choice: DriverChoice) -> Result<(Runtime, &'static str), St
 pub type ReadyReport = Result<&'static str, String>;
 
 /// Runs a shard on the current thread until it has drained.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     id: usize,
     cfg: Arc<Config>,
     (metrics, peers): (Arc<Metrics>, Arc<PeerTable>),
     cluster: Option<ClusterHandle>,
+    access: Arc<crate::access::Access>,
     listener: std::net::TcpListener,
     (requeue, rx): (flume::Sender<ShardMsg>, flume::Receiver<ShardMsg>),
     ready: std::sync::mpsc::Sender<ReadyReport>,
@@ -107,7 +109,7 @@ pub fn run(
                 return;
             }
         };
-        let shard = Shard::new(id, cfg, metrics, peers, cluster, rx.clone(), requeue);
+        let shard = Shard::new(id, cfg, metrics, peers, cluster, access, rx.clone(), requeue);
         let _ = ready.send(Ok(driver));
         monoio::spawn(session::accept_loop(shard.clone(), listener));
         monoio::spawn(sweep::sweep_loop(shard.clone()));

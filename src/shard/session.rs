@@ -41,7 +41,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let refusing = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match Slot::try_acquire(&shard.metrics) {
+            Ok((stream, peer)) => match Slot::try_acquire(&shard.peers) {
                 Some(mut slot) => {
                     let peer = peer.ip();
                     let via_proxy = shard.cfg.peer.trusted.contains(peer);
@@ -212,7 +212,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
         }
         Ok(Ok(read)) => read,
     };
-    let (upgrade, leftover) = head;
+    let (mut upgrade, leftover) = head;
     if shard.draining.get() {
         return refuse(&shard, &stream, HandshakeError::Draining).await;
     }
@@ -222,6 +222,13 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
     if via_proxy && let Err(e) = admit(&shard, client, &mut slot) {
         return refuse(&shard, &stream, e).await;
     }
+    // Access control, the one call: origin, token, channels (`crate::access`).
+    let credentials = std::mem::take(&mut upgrade.credentials);
+    let grant = match shard.access.admit(&credentials, &upgrade.channels, crate::access::unix_now()) {
+        Ok(grant) => grant,
+        Err(refusal) => return send_refusal(&shard, &stream, Some(refusal.reason()), &refusal.response()).await,
+    };
+    drop(credentials);
     let metrics = &shard.metrics;
     metrics.open_connections.fetch_add(1, Relaxed);
     let response = handshake::response_101(&upgrade);
@@ -233,7 +240,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
         }
     }
     tracing::debug!(client = %client, peer = %peer, "upgraded");
-    let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot));
+    let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot, grant));
     shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
     if !leftover.is_empty() {
         // The client sent frames right behind its request head.
@@ -280,11 +287,15 @@ pub fn refuse_at_once(shard: &Shard, stream: TcpStream, in_flight: &Rc<Cell<usiz
 }
 
 async fn refuse(shard: &Shard, stream: &TcpStream, e: HandshakeError) {
-    if let Some(reason) = refuse_reason(&e) {
+    send_refusal(shard, stream, refuse_reason(&e), &e.response()).await;
+}
+
+/// Counts a refusal (if it is one) and writes its response.
+async fn send_refusal(shard: &Shard, stream: &TcpStream, reason: Option<RefuseReason>, response: &[u8]) {
+    if let Some(reason) = reason {
         shard.refused(reason);
     }
-    let response = e.response();
-    let _ = monoio::time::timeout(shard.cfg.handshake_timeout, send_all(stream, &response)).await;
+    let _ = monoio::time::timeout(shard.cfg.handshake_timeout, send_all(stream, response)).await;
 }
 
 /// The connection's one long-lived task: wait for readability, read into the shard's

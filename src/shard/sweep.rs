@@ -1,6 +1,7 @@
-//! The shard's one periodic task: pings quiet connections, closes idle ones and stragglers
-//! of a close, trims idle buffers, expires history, publishes the latency histogram and
-//! returns freed memory. One sweep per shard replaces a timer per connection.
+//! The shard's one periodic task: pings quiet connections, closes idle ones, those whose
+//! token expired (4001) and stragglers of a close, trims idle buffers, expires history,
+//! publishes the latency histogram and returns freed memory. One sweep per shard replaces
+//! a timer per connection.
 
 use std::rc::Rc;
 #[cfg(debug_assertions)]
@@ -20,13 +21,18 @@ impl Shard {
         let now = self.now_ms();
         let ping_ms = self.cfg.ping_interval.as_millis() as u64;
         let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
+        // Token expiry is wall-clock time (a token's exp), read once per sweep.
+        let unix_now = crate::access::unix_now().min(u64::from(u32::MAX)) as u32;
         let mut idle = Vec::new();
+        let mut expired = Vec::new();
         {
             let subscribers = self.subscribers.borrow();
             for conn in subscribers.iter() {
                 match conn.state() {
                     State::Open => {
-                        if now.saturating_sub(conn.last_seen()) >= idle_ms {
+                        if conn.expired(unix_now) {
+                            expired.push(conn.clone());
+                        } else if now.saturating_sub(conn.last_seen()) >= idle_ms {
                             idle.push(conn.clone());
                         } else if conn.ping_due(now, ping_ms) {
                             conn.out().borrow_mut().push(self.ping.clone());
@@ -45,6 +51,9 @@ impl Shard {
         }
         for conn in idle {
             self.close(&conn, frame::close_code::GOING_AWAY, "idle timeout", CloseReason::IdleTimeout, false);
+        }
+        for conn in expired {
+            self.close(&conn, frame::close_code::TOKEN_EXPIRED, "token expired", CloseReason::TokenExpired, false);
         }
         self.flush_dirty();
         self.inflater.borrow_mut().shrink();

@@ -18,6 +18,8 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Private use (RFC 6455 §7.4.2): the connection's token expired (`access`).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Whether a data message is text or binary (the frame's opcode).

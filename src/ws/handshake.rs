@@ -44,6 +44,25 @@ pub struct Upgrade {
     /// The client that `X-Forwarded-For` / `X-Real-IP` name (see `peer::forwarded_client`);
     /// read only with `--trusted-proxies`, used only if the peer is trusted.
     pub forwarded_for: Option<IpAddr>,
+    /// The token and origin, for `access` (read here, judged there).
+    pub credentials: Credentials,
+}
+
+/// What the upgrade request carried for access control (`crate::access` judges it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// `?token=` on the URL (browsers cannot set headers on a WebSocket), else the
+    /// `Authorization: Bearer` header.
+    pub token: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// The token of an `Authorization: Bearer <token>` value (RFC 6750 §2.1; the scheme is
+/// case-insensitive).
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
 /// A resume request: the epoch the client's sequence numbers belong to, and one sequence
@@ -220,7 +239,16 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<Option<(Upgrad
         peer::forwarded_client(xff_rev, header("X-Real-IP").next_back(), trusted)
     });
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last, forwarded_for }, used)))
+    let credentials = Credentials {
+        token: match query_param(query, "token")? {
+            Some(t) => Some(t),
+            None => header("Authorization")
+                .find_map(|v| bearer(v.as_bytes()))
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+        },
+        origin: header("Origin").next().map(|o| o.trim().to_string()),
+    };
+    Ok(Some((Upgrade { accept, channels, deflate, envelope, since, last, forwarded_for, credentials }, used)))
 }
 
 /// Printable, bounded excerpt of a header value for an error body.
@@ -258,6 +286,14 @@ fn parse_channels(query: &str, max: usize) -> Result<Vec<ChannelName>, Handshake
         }
     }
     Ok(out)
+}
+
+/// The value of the first `name=` in the query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Result<Option<String>, HandshakeError> {
+    let Some(v) = query.split('&').find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('='))) else {
+        return Ok(None);
+    };
+    percent_decode(v).map(Some).ok_or_else(|| bad(format!("{name}: bad percent-encoding")))
 }
 
 /// Reads `since=<epoch>:<seq>,…` and `last=N` from the query string.
@@ -500,6 +536,19 @@ mod tests {
         assert!(e.to_string().contains("too many channels"), "{e}");
         let (up, _) = parse(&req("/ws?channels=a%2Cb&other=1", "")).unwrap().unwrap();
         assert_eq!(up.channels.len(), 2);
+    }
+
+    #[test]
+    fn credentials_for_access_control() {
+        let creds = |target: &str, extra: &str| parse(&req(target, extra)).unwrap().unwrap().0.credentials;
+        assert_eq!(creds("/ws?channels=a", ""), Credentials::default());
+        let c = creds("/ws?channels=a&token=a.b%2Dc.d", "Origin: https://x.test \r\n");
+        assert_eq!((c.token.as_deref(), c.origin.as_deref()), (Some("a.b-c.d"), Some("https://x.test")));
+        assert_eq!(creds("/ws", "Authorization: Bearer h.p.s\r\n").token.as_deref(), Some("h.p.s"));
+        assert_eq!(creds("/ws", "Authorization: Basic dXNlcg==\r\n").token, None);
+        let both = creds("/ws?token=from.the.url", "Authorization: Bearer from.the.header\r\n");
+        assert_eq!(both.token.as_deref(), Some("from.the.url"), "the URL's token wins");
+        assert_eq!(parse(&req("/ws?token=%zz", "")).unwrap_err().status().0, 400);
     }
 
     #[test]

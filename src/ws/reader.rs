@@ -74,7 +74,7 @@ struct Assembly {
     data: Vec<u8>,
     /// Uncompressed text: `data[..checked]` is known to be valid UTF-8 (what follows may be
     /// the start of a sequence the next fragment completes).
-    checked: usize,
+    checked: u32,
 }
 
 impl Assembly {
@@ -85,10 +85,12 @@ impl Assembly {
         if self.kind != MessageKind::Text || self.compressed {
             return Ok(());
         }
-        match std::str::from_utf8(&self.data[self.checked..]) {
-            Ok(_) => self.checked = self.data.len(),
+        // `u32`: a message is at most --max-client-message-bytes (≤ 1 GiB), and it keeps the
+        // reader, which every connection has, as small as before.
+        match std::str::from_utf8(&self.data[self.checked as usize..]) {
+            Ok(_) => self.checked = self.data.len() as u32,
             // Cut off in the middle of a sequence: wait for the rest.
-            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to() as u32,
             Err(_) => return Err(Violation::invalid_utf8("text message is not valid UTF-8")),
         }
         Ok(())

@@ -216,3 +216,51 @@ test("cluster mode: channels in different epochs resume with one <epoch>:<seq> e
   assert.deepEqual(kinds(events, "message").map((m) => m.seq), [4, 9, 5]);
   c.close();
 });
+
+test("token: a string goes in the URL, encoded", () => {
+  const { c, sock } = client({ channels: ["a"], token: "x.y+z/=" });
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a&token=x.y%2Bz%2F%3D");
+  c.close();
+});
+
+test("token: a function is asked before every connection; 4001 comes back at once and resumes", async () => {
+  let asked = 0;
+  const { c, events, sock } = client({
+    channels: ["a"],
+    backoffBaseMs: 10000,
+    backoffCapMs: 10000,
+    token: async () => {
+      asked += 1;
+      await tick(1);
+      return `t${asked}`;
+    },
+  });
+  assert.equal(FakeSocket.all.length, 0, "no socket before the token is there");
+  await tick(10);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a&token=t1");
+  sock().open();
+  sock().frame("m a 7 1700\nseven");
+  sock().serverClose(4001);
+  const close = kinds(events, "close")[0];
+  assert.equal(close.code, 4001);
+  assert.equal(close.reconnectInMs, 0, "a token expiry is not a failure: no backoff");
+  await tick(20);
+  assert.equal(asked, 2);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a&token=t2&since=1700:7");
+  c.close();
+});
+
+test("token: a function that fails is an error, and the backoff applies", async () => {
+  const { c, events } = client({
+    channels: ["a"],
+    token: () => Promise.reject(new Error("backend down")),
+  });
+  await tick(5);
+  assert.equal(FakeSocket.all.length, 0);
+  const err = kinds(events, "error")[0];
+  assert.match(err.message, /token: Error: backend down/);
+  c.close();
+  const n = kinds(events, "error").length;
+  await tick(20);
+  assert.equal(kinds(events, "error").length, n, "close() stops the attempts");
+});

@@ -1,6 +1,6 @@
 // Drives Debian's headless Chromium for tests/browser.rs.
 //
-//   node tests/browser/run.mjs <crier-http-base> <channels> <last>
+//   node tests/browser/run.mjs <crier-http-base> <channels> <last> [token]
 //
 // Serves page.html from a tiny HTTP server on 127.0.0.1, opens it in Chromium (through
 // playwright-core, with the system's /usr/bin/chromium: no browser download), and speaks a
@@ -9,7 +9,10 @@
 //           prefix (`ready …`, `open …`, `message …`, `gap …`, `reset …`, `close …`,
 //           `error …`, `fatal …`), and `ack <command>` after each command;
 //   stdin:  `drop <downMs>` (the page cuts its connection, see CrierClient.dropConnection),
+//           `token <jwt> [delayMs]` (what GET /token answers from now on, after delayMs),
 //           `quit`. End of stdin means quit.
+// With `token`, the page's CrierClient takes its token from GET /token on this server
+// (the page's own backend, as a real site would have), first CRIER_BROWSER_TOKEN.
 // It exits by itself after CRIER_BROWSER_TIMEOUT_MS (default 120000) whatever happens.
 
 import { createServer } from "node:http";
@@ -20,7 +23,10 @@ import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
-const [crierBase, channels, last = "0"] = process.argv.slice(2);
+const [crierBase, channels, last = "0", tokenMode = ""] = process.argv.slice(2);
+// The page's backend: the token it hands out, and how long it takes to.
+let token = process.env.CRIER_BROWSER_TOKEN ?? "";
+let tokenDelayMs = 0;
 if (!crierBase || !channels) {
   console.error("usage: node run.mjs <crier-http-base> <channels> [last]");
   process.exit(2);
@@ -60,7 +66,13 @@ process.on("SIGINT", () => finish(130));
 
 try {
   httpServer = createServer((req, res) => {
-    if (req.url.startsWith("/page.html")) {
+    if (req.url.startsWith("/token")) {
+      const answer = token;
+      setTimeout(() => {
+        res.writeHead(200, { "Content-Type": "text/plain", "Cache-Control": "no-store" });
+        res.end(answer);
+      }, tokenDelayMs);
+    } else if (req.url.startsWith("/page.html")) {
       res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" });
       res.end(pageHtml);
     } else {
@@ -97,7 +109,7 @@ try {
   page.on("pageerror", (e) => out(`fatal pageerror ${String(e).replace(/\n/g, " | ")}`));
   page.on("crash", () => out("fatal page crashed"));
 
-  const q = new URLSearchParams({ crier: crierBase, channels, last });
+  const q = new URLSearchParams({ crier: crierBase, channels, last, token: tokenMode === "token" ? "1" : "" });
   const url = `http://127.0.0.1:${pagePort}/page.html?${q}`;
   out(`page ${url}`);
   await page.goto(url, { timeout: 30000 });
@@ -109,6 +121,10 @@ try {
       if (cmd === "drop") {
         await page.evaluate((ms) => window.crier.dropConnection(ms), Number(arg ?? 0));
         out(`ack drop`);
+      } else if (cmd === "token") {
+        token = arg ?? "";
+        tokenDelayMs = Number(line.trim().split(/\s+/)[2] ?? 0);
+        out(`ack token`);
       } else if (cmd === "quit") {
         out(`ack quit`);
         await finish(0);
