@@ -18,7 +18,9 @@
 #                                     RUNS times (default 2): deliveries per server and per shard CPU-second
 #
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
-# variables (e.g. CRIER_FLUSH_DELAY=50ms). Every run is bounded in count and time.
+# variables (e.g. CRIER_FLUSH_DELAY=50ms). NICE=-10 runs crier, redis-server and crier-load
+# at that niceness (root only), so that other work on the box (a compiler) takes less of
+# their CPU. Every run is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=${1:?usage: loadtest/targets.sh density|throughput|latency|compression|multiproc|storm|soak|cluster-latency|cluster-rate|cluster|cluster-throughput [crier-load args]}
@@ -29,6 +31,8 @@ load=target/release/crier-load
 work=$(mktemp -d)
 port=${CRIER_PORT:-18080}
 pids=()
+prio=()
+[ -n "${NICE:-}" ] && prio=(nice -n "$NICE")
 # shellcheck disable=SC2317 # invoked by the trap below
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -41,7 +45,7 @@ trap cleanup EXIT
 # cluster targets; sets redis_url.
 start_redis() {
     local rport=${REDIS_PORT:-16379}
-    taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    "${prio[@]}" taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
         >"$work/redis.log" 2>&1 &
     pids+=("$!")
     for _ in $(seq 200); do
@@ -67,7 +71,7 @@ wait_redis_up() {
 start_crier() {
     local name=$1
     shift
-    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} taskset -c 0 "$crier" serve \
+    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} "${prio[@]}" taskset -c 0 "$crier" serve \
         --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/$name.sock" \
         --shards 1 "$@" 2>"$work/$name.log" &
     pids+=("$!")
@@ -254,7 +258,7 @@ cluster)
     pids+=("$sampler")
     machine_before "${nodes[@]}"
     # --grace 60s: deliveries that fall behind on the shared core show up as latency, not loss.
-    "$load" --url "$url" -n "${CONNECTIONS:-100000}" --procs 6 --src-ips 8 --connect-rate 2000 --rate 2 --size 256 \
+    "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-100000}" --procs 6 --src-ips 8 --connect-rate 2000 --rate 2 --size 256 \
         --duration "${DURATION:-30s}" --grace 60s --publish-socket "$work/c1.sock" "${servers[@]}" --pin-cpu 1 "$@" ||
         status=$?
     machine_after "${nodes[@]}"
@@ -283,7 +287,7 @@ cluster-throughput)
             [ "$m" = redis ] && wait_redis_up "$m$r"
             machine_before "${pids[-1]}"
             rc=0
-            "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate 100 --size 256 \
+            "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate 100 --size 256 \
                 --duration 10s --publish-socket "$work/$m$r.sock" --server-pid "${pids[-1]}" --pin-cpu 1 --json "$@" \
                 9>&- >"$work/$m$r.json" || rc=$?
             machine=$(machine_after "${pids[-1]}")
