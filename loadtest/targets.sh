@@ -45,6 +45,7 @@ trap cleanup EXIT
 # cluster targets; sets redis_url.
 start_redis() {
     local rport=${REDIS_PORT:-16379}
+    command -v redis-server >/dev/null || { echo "the cluster targets need redis-server: apt-get install -y redis-server" >&2; exit 1; }
     "${prio[@]}" taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
         >"$work/redis.log" 2>&1 &
     pids+=("$!")
@@ -155,7 +156,8 @@ cluster_counters() {
         /^crier_messages_published_total / { p = $2 }
         /^crier_frames_encoded_total / { e = $2 }
         /^crier_redis_(up|reconnects_total|repaired_messages_total|unrepairable_messages_total|probes_failed_total) / { r = r " " $1 "=" $2 }
-        END { printf "crier %s: at most %s connections; %d published on its socket, %d messages encoded;%s\n", n, peak, p, e, r }'
+        /^crier_connections_closed_total\{/ && $2 > 0 { c = c " " $1 "=" $2 }
+        END { printf "crier %s: at most %s connections; %d published on its socket, %d messages encoded;%s;%s\n", n, peak, p, e, r, c ? " closed:" c : " none closed" }'
 }
 
 # counters NAME: after the run, crier NAME's own count of messages, encodings, compressions and
@@ -274,6 +276,7 @@ cluster-throughput)
     # box hits both. crier-load reads the server's CPU from /proc/PID/stat and the shard
     # threads' from /proc/PID/task/*/stat. Each run holds /tmp/crier-bench.lock, as
     # loadtest/peers.sh does, so that other load tests do not run at the same time.
+    command -v jq >/dev/null || { echo "cluster-throughput needs jq: apt-get install -y jq" >&2; exit 1; }
     start_redis
     exec 9>/tmp/crier-bench.lock
     summary=()
