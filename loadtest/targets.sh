@@ -147,6 +147,17 @@ sample_peaks() {
     done
 }
 
+# shard_wakeups PID: voluntary context switches of crier PID's shard threads so far (each is
+# a shard going to sleep with nothing left to do: fewer means more work per wake-up).
+shard_wakeups() {
+    local t n=0
+    for t in /proc/"$1"/task/*; do
+        [[ $(cat "$t/comm") == crier-shard* ]] || continue
+        n=$((n + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t/status")))
+    done
+    echo "$n"
+}
+
 # cluster_counters NAME: crier NAME's most connections seen, messages it encoded (once per
 # message, however it got them) and its cluster-mode counters, from /metrics.
 cluster_counters() {
@@ -289,15 +300,18 @@ cluster-throughput)
             start_crier "$m$r" --max-connections 19500 "${redis[@]}"
             [ "$m" = redis ] && wait_redis_up "$m$r"
             machine_before "${pids[-1]}"
+            wakeups=$(shard_wakeups "${pids[-1]}")
             rc=0
             "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate 100 --size 256 \
-                --duration 10s --publish-socket "$work/$m$r.sock" --server-pid "${pids[-1]}" --pin-cpu 1 --json "$@" \
+                --duration 10s --grace 60s --publish-socket "$work/$m$r.sock" --server-pid "${pids[-1]}" --pin-cpu 1 --json "$@" \
                 9>&- >"$work/$m$r.json" || rc=$?
             machine=$(machine_after "${pids[-1]}")
+            wakeups=$(($(shard_wakeups "${pids[-1]}") - wakeups))
             stop_crier
             flock -u 9
             [ "$rc" -eq 0 ] || { echo "crier-load exit status $rc" >&2; status=$rc; }
             line=$(jq -r --arg m "$m" --arg r "$r" '"\($m) \($r): \(.deliveries_per_server_cpu_second // 0 | round) per server CPU-s, \(.deliveries_per_shard_cpu_second // 0 | round) per shard CPU-s; \(.delivery.deliveries) delivered, lost \(.delivery.lost) dup \(.delivery.duplicated) ooo \(.delivery.out_of_order); latency p50 \(.latency_ms.p50) ms p99 \(.latency_ms.p99) ms; server CPU \(.servers[0].cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s, shards \(.servers[0].shard_cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s"' "$work/$m$r.json")
+            line="$line; shard thread slept $wakeups times"
             echo "$line"
             echo "$machine"
             summary+=("$line" "  $machine")
