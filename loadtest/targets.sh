@@ -302,7 +302,7 @@ cluster-throughput)
             machine_before "${pids[-1]}"
             wakeups=$(shard_wakeups "${pids[-1]}")
             rc=0
-            "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate 100 --size 256 \
+            "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate "${RATE:-100}" --size 256 \
                 --duration 10s --grace 60s --publish-socket "$work/$m$r.sock" --server-pid "${pids[-1]}" --pin-cpu 1 --json "$@" \
                 9>&- >"$work/$m$r.json" || rc=$?
             machine=$(machine_after "${pids[-1]}")
