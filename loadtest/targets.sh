@@ -14,7 +14,7 @@
 #   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers
 #   loadtest/targets.sh cluster       100,000 connections (CONNECTIONS=N) over 6 --redis nodes sharing one port and one
 #                                     redis-server, 2 msg/s each published once, on node 1: loss, latency, RSS per node
-#   loadtest/targets.sh cluster-throughput   the throughput run on one node, single-node then --redis, alternating,
+#   loadtest/targets.sh cluster-throughput   the throughput run (CONNECTIONS=N, RATE=R) on one node, single-node then --redis, alternating,
 #                                     RUNS times (default 2): deliveries per server and per shard CPU-second
 #
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
