@@ -20,7 +20,8 @@
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
 # variables (e.g. CRIER_FLUSH_DELAY=50ms). NICE=-10 runs crier, redis-server and crier-load
 # at that niceness (root only), so that other work on the box (a compiler) takes less of
-# their CPU. Every run is bounded in count and time.
+# their CPU. SYSCALLS=1 (cluster-throughput; needs perf and root) counts crier's write
+# system calls during each run. Every run is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=${1:?usage: loadtest/targets.sh density|throughput|latency|compression|multiproc|storm|soak|cluster-latency|cluster-rate|cluster|cluster-throughput [crier-load args]}
@@ -299,19 +300,37 @@ cluster-throughput)
             echo "=== $m, run $r of ${RUNS:-2} ($(date +%T))"
             start_crier "$m$r" --max-connections 19500 "${redis[@]}"
             [ "$m" = redis ] && wait_redis_up "$m$r"
-            machine_before "${pids[-1]}"
-            wakeups=$(shard_wakeups "${pids[-1]}")
+            cpid=${pids[-1]}
+            machine_before "$cpid"
+            wakeups=$(shard_wakeups "$cpid")
+            if [ -n "${SYSCALLS:-}" ]; then
+                # crier's write system calls while the load runs (perf, tracepoints: root).
+                perf stat -x, -e syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+                    -p "$cpid" -o "$work/$m$r.perf" &
+                perf_pid=$!
+                pids+=("$perf_pid")
+            fi
             rc=0
             "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate "${RATE:-100}" --size 256 \
-                --duration 10s --grace 60s --publish-socket "$work/$m$r.sock" --server-pid "${pids[-1]}" --pin-cpu 1 --json "$@" \
+                --duration 10s --grace 60s --publish-socket "$work/$m$r.sock" --server-pid "$cpid" --pin-cpu 1 --json "$@" \
                 9>&- >"$work/$m$r.json" || rc=$?
-            machine=$(machine_after "${pids[-1]}")
-            wakeups=$(($(shard_wakeups "${pids[-1]}") - wakeups))
+            writes=
+            if [ -n "${SYSCALLS:-}" ]; then
+                kill -INT "$perf_pid"
+                wait "$perf_pid" 2>/dev/null || true
+                unset 'pids[-1]'
+                writes=$(awk -F, '$3 ~ /sys_enter/ { n += $1 } END { print n + 0 }' "$work/$m$r.perf")
+            fi
+            machine=$(machine_after "$cpid")
+            wakeups=$(($(shard_wakeups "$cpid") - wakeups))
             stop_crier
             flock -u 9
             [ "$rc" -eq 0 ] || { echo "crier-load exit status $rc" >&2; status=$rc; }
             line=$(jq -r --arg m "$m" --arg r "$r" '"\($m) \($r): \(.deliveries_per_server_cpu_second // 0 | round) per server CPU-s, \(.deliveries_per_shard_cpu_second // 0 | round) per shard CPU-s; \(.delivery.deliveries) delivered, lost \(.delivery.lost) dup \(.delivery.duplicated) ooo \(.delivery.out_of_order); latency p50 \(.latency_ms.p50) ms p99 \(.latency_ms.p99) ms; server CPU \(.servers[0].cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s, shards \(.servers[0].shard_cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s"' "$work/$m$r.json")
             line="$line; shard thread slept $wakeups times"
+            if [ -n "$writes" ]; then
+                line="$line; $writes write calls ($(jq -r --arg w "$writes" '.delivery.deliveries / ($w | tonumber) * 10 | round / 10' "$work/$m$r.json") deliveries each)"
+            fi
             echo "$line"
             echo "$machine"
             summary+=("$line" "  $machine")
