@@ -16,9 +16,11 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// A node of the cluster, connected to Redis.
+/// A node of the cluster, connected to Redis. Its history (and the Redis stream) holds 1,000
+/// messages, more than the ~100 published while the page is away (with the default 64, a
+/// slow reconnection ends in a correct `gap`; this test is about the resume).
 fn node(redis: &Redis) -> Server {
-    let s = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url()]).start();
+    let s = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url(), "--history-messages", "1000"]).start();
     wait_until(Duration::from_secs(15), "crier_redis_up 1", || s.metric("crier_redis_up", &[]) == Some(1.0));
     s
 }
