@@ -16,9 +16,16 @@
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
 #                                     (--redis); the `latency` numbers to compare: CONNECTIONS=1000 with REDIS=0
 #   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers
+#   loadtest/targets.sh cluster       100,000 connections (CONNECTIONS=N) over 6 --redis nodes sharing one port and one
+#                                     redis-server, 2 msg/s each published once, on node 1: loss, latency, RSS per node
+#   loadtest/targets.sh cluster-throughput   the throughput run (CONNECTIONS=N, RATE=R) on one node, single-node then --redis, alternating,
+#                                     RUNS times (default 2): deliveries per server and per shard CPU-second
 #
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
-# variables (e.g. CRIER_FLUSH_DELAY=50ms). Every run is bounded in count and time.
+# variables (e.g. CRIER_FLUSH_DELAY=50ms). NICE=-10 runs crier, redis-server and crier-load
+# at that niceness (root only), so that other work on the box (a compiler) takes less of
+# their CPU. SYSCALLS=1 (cluster-throughput; needs perf and root) counts crier's write
+# system calls during each run. Every run is bounded in count and time.
 #
 # The load comes from a few loopback addresses (SRC_IPS), thousands of connections each, far
 # past crier's per-address defaults (1000 connections, 100 handshakes/s): the targets turn
@@ -29,7 +36,7 @@ set -euo pipefail
 export CRIER_MAX_CONNECTIONS_PER_IP=${CRIER_MAX_CONNECTIONS_PER_IP:-0}
 export CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND=${CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND:-0}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-target=${1:?usage: loadtest/targets.sh density|handshakes|throughput|latency|compression|multiproc|storm|soak [crier-load args]}
+target=${1:?usage: loadtest/targets.sh density|handshakes|throughput|latency|compression|multiproc|storm|soak|cluster-latency|cluster-rate|cluster|cluster-throughput [crier-load args]}
 shift
 cargo build --release -q -p crier -p crier-load
 crier=target/release/crier
@@ -37,6 +44,8 @@ load=target/release/crier-load
 work=$(mktemp -d)
 port=${CRIER_PORT:-18080}
 pids=()
+prio=()
+[ -n "${NICE:-}" ] && prio=(nice -n "$NICE")
 # shellcheck disable=SC2317 # invoked by the trap below
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -49,7 +58,8 @@ trap cleanup EXIT
 # cluster targets; sets redis_url.
 start_redis() {
     local rport=${REDIS_PORT:-16379}
-    taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    command -v redis-server >/dev/null || { echo "the cluster targets need redis-server: apt-get install -y redis-server" >&2; exit 1; }
+    "${prio[@]}" taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
         >"$work/redis.log" 2>&1 &
     pids+=("$!")
     for _ in $(seq 200); do
@@ -64,7 +74,7 @@ wait_redis_up() {
     local admin
     admin=$(sed -n 's/.*ready ws=[^ ]* admin=\([^ ]*\) .*/\1/p' "$work/$1.log")
     for _ in $(seq 200); do
-        curl -fsS "http://$admin/metrics" | grep -q '^crier_redis_up 1' && return 0
+        [[ $(curl -fsS "http://$admin/metrics" 2>/dev/null) == *$'\ncrier_redis_up 1'* ]] && return 0
         sleep 0.05
     done
     echo "crier $1 did not connect to Redis" >&2
@@ -75,7 +85,7 @@ wait_redis_up() {
 start_crier() {
     local name=$1
     shift
-    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} taskset -c 0 "$crier" serve \
+    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} "${prio[@]}" taskset -c 0 "$crier" serve \
         --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/$name.sock" \
         --shards 1 "$@" 2>"$work/$name.log" &
     pids+=("$!")
@@ -86,6 +96,92 @@ start_crier() {
     echo "crier $name did not start:" >&2
     cat "$work/$name.log" >&2
     exit 1
+}
+
+# stop_crier NAME: SIGTERM to crier NAME (the last one started), by PID; SIGKILL after 10 s.
+stop_crier() {
+    local pid=${pids[-1]}
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 200); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset 'pids[-1]'
+}
+
+# cpu_stat N: "busy steal" jiffies of CPU N (/proc/stat). machine_before / machine_after
+# PID…: what CPUs 0 and 1 did meanwhile, the crier PIDs' share of CPU 0, the rest ("other":
+# other processes, e.g. a compiler, and softirq work outside crier) and hypervisor steal; a
+# run with much of either was disturbed.
+cpu_stat() { awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+proc_cpu() {
+    local pid t=0
+    for pid in "$@"; do t=$((t + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'))); done
+    echo "$t"
+}
+machine_before() {
+    read -r m_b0 m_s0 <<<"$(cpu_stat 0)"
+    read -r m_b1 m_s1 <<<"$(cpu_stat 1)"
+    m_p=$(proc_cpu "$@")
+    m_t=$(date +%s.%N)
+}
+machine_after() {
+    local b0 s0 b1 s1 p t
+    read -r b0 s0 <<<"$(cpu_stat 0)"
+    read -r b1 s1 <<<"$(cpu_stat 1)"
+    p=$(proc_cpu "$@" 2>/dev/null || echo "$m_p")
+    t=$(date +%s.%N)
+    awk -v hz="$(getconf CLK_TCK)" -v b0="$((b0 - m_b0))" -v s0="$((s0 - m_s0))" -v b1="$((b1 - m_b1))" \
+        -v s1="$((s1 - m_s1))" -v p="$((p - m_p))" -v e="$(awk -v a="$m_t" -v b="$t" 'BEGIN { print b - a }')" \
+        'BEGIN { printf "%-24sover %.1f s: cpu0 busy %.2f s (crier %.2f s, other %.2f s), steal %.2f s; cpu1 busy %.2f s, steal %.2f s\n",
+            "machine", e, b0 / hz, p / hz, (b0 - p) / hz, s0 / hz, b1 / hz, s1 / hz }'
+}
+
+# node_connections NAME: crier NAME's open connections now, from /metrics.
+node_connections() {
+    local admin
+    admin=$(sed -n 's/.*ready ws=[^ ]* admin=\([^ ]*\) .*/\1/p' "$work/$1.log")
+    curl -fsS "http://$admin/metrics" 2>/dev/null | awk '/^crier_connections\{/ { c += $2 } END { print c + 0 }'
+}
+
+# sample_peaks NAME…: until killed, every second, each node's open connections; the most
+# seen goes to $work/NAME.peak (read by cluster_counters).
+sample_peaks() {
+    local n c
+    for n in "$@"; do echo 0 >"$work/$n.peak"; done
+    while :; do
+        for n in "$@"; do
+            c=$(node_connections "$n")
+            [ "$c" -gt "$(cat "$work/$n.peak")" ] && echo "$c" >"$work/$n.peak"
+        done
+        sleep 1
+    done
+}
+
+# shard_wakeups PID: voluntary context switches of crier PID's shard threads so far (each is
+# a shard going to sleep with nothing left to do: fewer means more work per wake-up).
+shard_wakeups() {
+    local t n=0
+    for t in /proc/"$1"/task/*; do
+        [[ $(cat "$t/comm") == crier-shard* ]] || continue
+        n=$((n + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t/status")))
+    done
+    echo "$n"
+}
+
+# cluster_counters NAME: crier NAME's most connections seen, messages it encoded (once per
+# message, however it got them) and its cluster-mode counters, from /metrics.
+cluster_counters() {
+    local admin
+    admin=$(sed -n 's/.*ready ws=[^ ]* admin=\([^ ]*\) .*/\1/p' "$work/$1.log")
+    curl -fsS "http://$admin/metrics" | awk -v n="$1" -v peak="$(cat "$work/$1.peak" 2>/dev/null || echo -)" '
+        /^crier_messages_published_total / { p = $2 }
+        /^crier_frames_encoded_total / { e = $2 }
+        /^crier_redis_(up|reconnects_total|repaired_messages_total|unrepairable_messages_total|probes_failed_total) / { r = r " " $1 "=" $2 }
+        /^crier_connections_closed_total\{/ && $2 > 0 { c = c " " $1 "=" $2 }
+        END { printf "crier %s: at most %s connections; %d published on its socket, %d messages encoded;%s;%s\n", n, peak, p, e, r, c ? " closed:" c : " none closed" }'
 }
 
 # counters NAME: after the run, crier NAME's own count of messages, encodings, compressions and
@@ -211,6 +307,93 @@ cluster-rate)
     "$load" --url "$url" -n 10 --connect-rate 5000 --rate "${RATE:-50000}" --size 256 --duration 10s \
         --publish-socket "$work/a.sock" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
     counters a
+    ;;
+cluster)
+    # Six nodes joined by one redis-server, as behind a load balancer: they share the port
+    # (--listen-shared: the kernel spreads connections over them, as NGINX least_conn would;
+    # NGINX itself would need two descriptors per client, 200,000 here), each under the
+    # 20,000-file limit. Every message is published once, on node 1's socket, and reaches
+    # the other nodes through Redis only. Eight source addresses, as in multiproc.
+    start_redis
+    servers=()
+    for i in 1 2 3 4 5 6; do
+        start_crier "c$i" --max-connections 19000 --listen-shared --redis "$redis_url"
+        servers+=(--server-pid "${pids[-1]}")
+    done
+    for i in 1 2 3 4 5 6; do wait_redis_up "c$i"; done
+    nodes=("${pids[@]:1}")
+    sample_peaks c1 c2 c3 c4 c5 c6 &
+    sampler=$!
+    pids+=("$sampler")
+    machine_before "${nodes[@]}"
+    # --grace 60s: deliveries that fall behind on the shared core show up as latency, not loss.
+    "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-100000}" --procs 6 --src-ips 8 --connect-rate 2000 --rate 2 --size 256 \
+        --duration "${DURATION:-30s}" --grace 60s --publish-socket "$work/c1.sock" "${servers[@]}" --pin-cpu 1 "$@" ||
+        status=$?
+    machine_after "${nodes[@]}"
+    kill "$sampler"
+    wait "$sampler" 2>/dev/null || true
+    unset 'pids[-1]'
+    for i in 1 2 3 4 5 6; do cluster_counters "c$i"; done
+    ;;
+cluster-throughput)
+    # The throughput run (10,000 connections, 256 B at 100 msg/s for 10 s) on one node:
+    # single-node, then with --redis (each PUB on the node's socket goes through Redis and
+    # comes back on its subscription), alternating A/B/A/B… so that the other work on this
+    # box hits both. crier-load reads the server's CPU from /proc/PID/stat and the shard
+    # threads' from /proc/PID/task/*/stat. Each run holds /tmp/crier-bench.lock, as
+    # loadtest/peers.sh does, so that other load tests do not run at the same time.
+    command -v jq >/dev/null || { echo "cluster-throughput needs jq: apt-get install -y jq" >&2; exit 1; }
+    start_redis
+    exec 9>/tmp/crier-bench.lock
+    summary=()
+    for r in $(seq "${RUNS:-2}"); do
+        for m in single redis; do
+            redis=()
+            [ "$m" = redis ] && redis=(--redis "$redis_url")
+            flock -w 1800 9 || { echo "could not get /tmp/crier-bench.lock" >&2; exit 1; }
+            echo "=== $m, run $r of ${RUNS:-2} ($(date +%T))"
+            start_crier "$m$r" --max-connections 19500 "${redis[@]}"
+            [ "$m" = redis ] && wait_redis_up "$m$r"
+            cpid=${pids[-1]}
+            machine_before "$cpid"
+            wakeups=$(shard_wakeups "$cpid")
+            if [ -n "${SYSCALLS:-}" ]; then
+                # crier's write system calls while the load runs (perf, tracepoints: root).
+                perf stat -x, -e syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+                    -p "$cpid" -o "$work/$m$r.perf" &
+                perf_pid=$!
+                pids+=("$perf_pid")
+            fi
+            rc=0
+            "${prio[@]}" "$load" --url "$url" -n "${CONNECTIONS:-10000}" --src-ips 2 --connect-rate 5000 --rate "${RATE:-100}" --size 256 \
+                --duration 10s --grace 60s --publish-socket "$work/$m$r.sock" --server-pid "$cpid" --pin-cpu 1 --json "$@" \
+                9>&- >"$work/$m$r.json" || rc=$?
+            writes=
+            if [ -n "${SYSCALLS:-}" ]; then
+                kill -INT "$perf_pid"
+                wait "$perf_pid" 2>/dev/null || true
+                unset 'pids[-1]'
+                writes=$(awk -F, '$3 ~ /sys_enter/ { n += $1 } END { print n + 0 }' "$work/$m$r.perf")
+            fi
+            machine=$(machine_after "$cpid")
+            wakeups=$(($(shard_wakeups "$cpid") - wakeups))
+            stop_crier
+            flock -u 9
+            [ "$rc" -eq 0 ] || { echo "crier-load exit status $rc" >&2; status=$rc; }
+            line=$(jq -r --arg m "$m" --arg r "$r" '"\($m) \($r): \(.deliveries_per_server_cpu_second // 0 | round) per server CPU-s, \(.deliveries_per_shard_cpu_second // 0 | round) per shard CPU-s; \(.delivery.deliveries) delivered, lost \(.delivery.lost) dup \(.delivery.duplicated) ooo \(.delivery.out_of_order); latency p50 \(.latency_ms.p50) ms p99 \(.latency_ms.p99) ms; server CPU \(.servers[0].cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s, shards \(.servers[0].shard_cpu_publish_phase_seconds // 0 | . * 100 | round / 100) s"' "$work/$m$r.json")
+            line="$line; shard thread slept $wakeups times"
+            if [ -n "$writes" ]; then
+                line="$line; $writes write calls ($(jq -r --arg w "$writes" '.delivery.deliveries / ($w | tonumber) * 10 | round / 10' "$work/$m$r.json") deliveries each)"
+            fi
+            echo "$line"
+            echo "$machine"
+            summary+=("$line" "  $machine")
+        done
+    done
+    echo
+    echo "=== summary"
+    printf '%s\n' "${summary[@]}"
     ;;
 *)
     echo "unknown target '$target'" >&2

@@ -19,6 +19,7 @@
 
 // The one NGINX helper the cluster tests share; this file needs nothing else of `common`.
 #[path = "common/nginx.rs"]
+#[allow(dead_code)] // the NGINX runner is for tests/cluster*.rs
 mod nginx;
 
 use std::collections::BTreeMap;

@@ -10,16 +10,19 @@
 //
 // What it does:
 // - connects with the subprotocol `crier.v1`, so every message arrives in an envelope
-//   (`m <channel> <seq> <epoch>\n<payload>`), and remembers the epoch and, per channel,
-//   the last sequence number delivered;
+//   (`m <channel> <seq> <epoch>\n<payload>`), and remembers, per channel, the epoch and
+//   the last sequence number delivered (in crier's cluster mode each channel has its own
+//   epoch; on a single box they are all the server's);
 // - when the connection drops, reconnects after an exponential backoff with full jitter
 //   (a random delay in [0, min(cap, base * 2^attempt)]), so that a crowd of clients cut at
 //   the same moment does not come back in the same second; the attempt count starts
 //   again after a connection that stayed up for `stableMs`;
-// - resumes with `since=<epoch>:<seq>,<seq>…` (channels in the order given; each item as
-//   `<epoch>:<seq>` once a connection has shown channels in different epochs, as crier's
-//   cluster mode does), so the server
-//   replays what was missed, then continues live, each message exactly once;
+// - resumes with `since=<epoch>:<seq>,…` (one item per channel, in the order given; an item
+//   names its channel's epoch where it differs from the previous item's), so the server
+//   replays what was missed, then continues live, each message exactly once. Every
+//   reconnection after a connection that opened resumes, also before any message has
+//   arrived: a channel with no position yet is resumed from 0, in the last epoch learned
+//   (`0` before any), so messages published while the client was away are not skipped;
 // - reports, as events, what cannot be replayed: `gap` (those messages are gone from the
 //   server's history) and `reset` (the server restarted: sequence numbers start afresh);
 // - sends a signed token (`token` option: a string, or a function, possibly async, called
@@ -30,7 +33,8 @@
 //   message  {channel, seq, epoch, data, binary}  data: string (text) or Uint8Array (binary)
 //   gap      {channel, from, to, epoch}            messages from..=to will never come
 //   reset    {channel, epoch}                      earlier seqs of the channel mean nothing;
-//                                                  what the server still holds follows
+//                                                  what the server still holds follows (not
+//                                                  sent for a channel nothing arrived on yet)
 //   open     {url, resumed, attempt}
 //   close    {code, reason, wasClean, reconnectInMs}  reconnectInMs is null after close()
 //   error    {message}                            an unparsable frame (it is skipped)
@@ -84,13 +88,12 @@ export class CrierClient extends EventTarget {
     this.backoffCapMs = options.backoffCapMs ?? 30000;
     this.stableMs = options.stableMs ?? 10000;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    /** The server's epoch as last learned (a decimal string), or null before any. */
+    /** The epoch last learned (a decimal string), or null before any; see `position()`. */
     this.epoch = null;
     /** @type {Map<string, {epoch: string, seq: number}>} per channel: last delivered */
     this._pos = new Map();
-    /** Set once a connection showed channels in different epochs (cluster mode). */
-    this._perChannelEpochs = false;
-    this._connEpoch = null;
+    /** Set once a connection has opened: from then on every reconnection resumes. */
+    this._subscribed = false;
     this._ws = null;
     this._timer = null;
     this._attempt = 0;
@@ -105,10 +108,15 @@ export class CrierClient extends EventTarget {
     if (options.connect ?? true) this.connect();
   }
 
-  /** Last sequence number delivered (or skipped by a gap) on `channel`, 0 if none. */
+  /** Last sequence number delivered (or skipped by a gap) on `channel`, in its epoch; 0 if none. */
   lastSeq(channel) {
+    return this._pos.get(channel)?.seq ?? 0;
+  }
+
+  /** `{epoch, seq}` of the last message delivered (or skipped by a gap) on `channel`, or null. */
+  position(channel) {
     const p = this._pos.get(channel);
-    return p && p.epoch === this.epoch ? p.seq : 0;
+    return p ? { epoch: p.epoch, seq: p.seq } : null;
   }
 
   /** True while the WebSocket is open. */
@@ -154,10 +162,10 @@ export class CrierClient extends EventTarget {
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
-    this._connEpoch = null;
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._openedAt = Date.now();
+      this._subscribed = true;
       this._emit("open", { url: target.url, resumed: target.resumed, attempt: this._attempt });
     };
     ws.onmessage = (ev) => {
@@ -196,25 +204,26 @@ export class CrierClient extends EventTarget {
     if (this._ws) this._ws.close();
   }
 
-  // The URL of the next connection: resume when a position is known.
+  // The URL of the next connection: after a connection that opened, a resume.
   _target(token) {
     const q = [];
     if (this.channels.length) q.push(`channels=${this.channels.join(",")}`);
     if (token) q.push(`token=${encodeURIComponent(token)}`);
     let resumed = false;
-    if (this.epoch !== null && this.channels.length) {
-      const known = this.channels.map((c) => this._pos.get(c));
-      if (!this._perChannelEpochs) {
-        // One epoch for all (a single box): a channel not known yet, or known only under
-        // an older epoch, starts from 0, and the server replays all it holds for it.
-        const seqs = this.channels.map((c) => this.lastSeq(c));
-        q.push(`since=${this.epoch}:${seqs.join(",")}`);
-      } else {
-        // Cluster mode: each channel has its own epoch, so each item names it
-        // (`<epoch>:<seq>`); the server answers a stale one with a reset.
-        const items = known.map((p) => (p ? `${p.epoch}:${p.seq}` : `${this.epoch}:0`));
-        q.push(`since=${items.join(",")}`);
-      }
+    if (this._subscribed && this.channels.length) {
+      // Each channel from its own position. One with none yet (nothing arrived on it)
+      // starts from 0 in the last epoch learned, `0` before any: the server then replays
+      // all it holds for it (after a reset notice, which is not reported, see _onReset;
+      // on a single box, after a gap notice for what it no longer holds). An item names
+      // its epoch only where it differs from the previous item's.
+      let prev = null;
+      const items = this.channels.map((c) => {
+        const p = this._pos.get(c) ?? { epoch: this.epoch ?? "0", seq: 0 };
+        const item = prev === p.epoch ? `${p.seq}` : `${p.epoch}:${p.seq}`;
+        prev = p.epoch;
+        return item;
+      });
+      q.push(`since=${items.join(",")}`);
       resumed = true;
     } else if (this.last > 0) {
       q.push(`last=${this.last}`);
@@ -283,7 +292,6 @@ export class CrierClient extends EventTarget {
   // Bring `channel` to `epoch`: a channel known under another epoch gets a reset first
   // (in case the server's own reset notice was lost with a connection).
   _enterEpoch(channel, epoch) {
-    this._sawEpoch(epoch);
     this.epoch = epoch;
     const p = this._pos.get(channel);
     if (p && p.epoch !== epoch) {
@@ -310,18 +318,20 @@ export class CrierClient extends EventTarget {
     this._emit("gap", { channel, from, to, epoch });
   }
 
-  // One connection showing two epochs means cluster mode (each channel has its own);
-  // from then on resumes name each channel's epoch.
-  _sawEpoch(epoch) {
-    if (this._connEpoch !== null && this._connEpoch !== epoch) this._perChannelEpochs = true;
-    this._connEpoch = epoch;
-  }
-
+  // A reset of a channel the client has no position on (nothing arrived on it yet, so
+  // the resume named a guessed epoch) only teaches the epoch: there is nothing to throw
+  // away, and what the server holds follows. Epoch `0` is the server saying it knows no
+  // epoch for the channel (cluster mode: Redis holds no state for it): the channel then
+  // has no position, so that its first message is no second reset.
   _onReset(channel, epoch) {
-    this._sawEpoch(epoch);
-    this.epoch = epoch;
-    this._pos.set(channel, { epoch, seq: 0 });
-    this._emit("reset", { channel, epoch });
+    const known = this._pos.has(channel);
+    if (epoch === "0") {
+      this._pos.delete(channel);
+    } else {
+      this.epoch = epoch;
+      this._pos.set(channel, { epoch, seq: 0 });
+    }
+    if (known) this._emit("reset", { channel, epoch });
   }
 
   _emit(type, detail) {

@@ -474,6 +474,9 @@ fn finish_report(ctx: &Ctx, rep: &mut Report) {
 
     let mut cpu_publish = 0.0;
     let mut any_cpu = false;
+    // The shard threads' share, when every server has them (crier; not the peers).
+    let mut shard_cpu_publish = Some(0.0);
+    let mut rss_total_after = Some(0u64);
     let mut rss_growth: i64 = 0;
     let mut rss_known = !plan.server_pids.is_empty();
     for (i, &pid) in plan.server_pids.iter().enumerate() {
@@ -484,6 +487,7 @@ fn finish_report(ctx: &Ctx, rep: &mut Report) {
         }
         s.publish_start = ctx.publish_start[i];
         s.after = ctx.after[i];
+        rss_total_after = rss_total_after.zip(s.after).map(|(t, a)| t + a.rss_bytes);
         if let (Some(b), Some(a)) = (s.before, s.after) {
             s.rss_delta_bytes = Some(a.rss_bytes as i64 - b.rss_bytes as i64);
             s.cpu_delta_seconds = Some(a.cpu_seconds - b.cpu_seconds);
@@ -498,6 +502,10 @@ fn finish_report(ctx: &Ctx, rep: &mut Report) {
             s.cpu_publish_phase_seconds = Some(a.cpu_seconds - c.cpu_seconds);
             cpu_publish += a.cpu_seconds - c.cpu_seconds;
             any_cpu = true;
+            s.shard_cpu_publish_phase_seconds = c.shard_cpu_seconds.zip(a.shard_cpu_seconds).map(|(c, a)| a - c);
+            shard_cpu_publish = shard_cpu_publish.zip(s.shard_cpu_publish_phase_seconds).map(|(t, d)| t + d);
+        } else {
+            shard_cpu_publish = None;
         }
         rep.servers.push(s);
     }
@@ -506,6 +514,10 @@ fn finish_report(ctx: &Ctx, rep: &mut Report) {
         && cpu_publish > 0.0
     {
         rep.deliveries_per_server_cpu_second = Some(d.deliveries as f64 / cpu_publish);
+        rep.deliveries_per_shard_cpu_second = shard_cpu_publish.filter(|&c| c > 0.0).map(|c| d.deliveries as f64 / c);
+    }
+    if plan.server_pids.len() > 1 {
+        rep.servers_rss_total_after_bytes = rss_total_after;
     }
     if plan.mode == Mode::Idle {
         let n = rep.connections.ok;

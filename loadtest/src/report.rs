@@ -253,6 +253,8 @@ pub struct ServerSummary {
     pub cpu_delta_seconds: Option<f64>,
     /// CPU from the start of publishing (all connected; after a storm: all back) to the end.
     pub cpu_publish_phase_seconds: Option<f64>,
+    /// The same for the shard threads alone (`crier-shard-*`), when the server has them.
+    pub shard_cpu_publish_phase_seconds: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -315,6 +317,10 @@ pub struct Report {
     pub completion_ms: Option<Percentiles>,
     pub servers: Vec<ServerSummary>,
     pub deliveries_per_server_cpu_second: Option<f64>,
+    /// Deliveries per CPU-second of the servers' shard threads alone (crier's `crier-shard-*`).
+    pub deliveries_per_shard_cpu_second: Option<f64>,
+    /// With several `--server-pid`s: their RSS summed, at the end (connections still open).
+    pub servers_rss_total_after_bytes: Option<u64>,
     pub sockstat: SockstatSummary,
     pub soak: Option<SoakSummary>,
     pub storm: Option<StormSummary>,
@@ -525,10 +531,23 @@ impl Report {
                 a.cpu_seconds,
                 s.cpu_delta_seconds.unwrap_or(0.0),
                 s.cpu_publish_phase_seconds.map_or(String::new(), |c| format!(", {c:.2} s while publishing"))
+                    + &s.shard_cpu_publish_phase_seconds.map_or(String::new(), |c| format!(", shards {c:.2} s"))
+            );
+        }
+        if let Some(t) = self.servers_rss_total_after_bytes {
+            let _ = writeln!(
+                w,
+                "{:<24}rss {} at the end, {} servers",
+                "servers total",
+                fmt_bytes(t as f64),
+                self.servers.len()
             );
         }
         if let Some(r) = self.deliveries_per_server_cpu_second {
             let _ = writeln!(w, "{:<24}{:.0}", "deliveries/server-cpu-s", r);
+        }
+        if let Some(r) = self.deliveries_per_shard_cpu_second {
+            let _ = writeln!(w, "{:<24}{:.0}", "deliveries/shard-cpu-s", r);
         }
         if let Some(i) = &self.idle {
             let _ = writeln!(

@@ -14,7 +14,14 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// utime + stime in seconds.
     pub cpu_seconds: f64,
+    /// utime + stime of the threads named `crier-shard-*` (crier's shards), in seconds;
+    /// `None` for a process without such threads (a peer server).
+    #[serde(default)]
+    pub shard_cpu_seconds: Option<f64>,
 }
+
+/// Name prefix of crier's shard threads (`crier-shard-<id>`, see crier's src/server).
+pub const SHARD_THREAD_PREFIX: &str = "crier-shard";
 
 /// Parses the `VmRSS:` line of /proc/PID/status into bytes.
 pub fn parse_vmrss(status: &str) -> Option<u64> {
@@ -57,7 +64,26 @@ pub fn sample_pid(pid: u32) -> Result<ProcSample, String> {
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
     let rss_bytes = parse_vmrss(&status).ok_or_else(|| format!("no VmRSS for pid {pid}"))?;
     let (u, s) = parse_stat_ticks(&stat).ok_or_else(|| format!("bad /proc/{pid}/stat"))?;
-    Ok(ProcSample { rss_bytes, cpu_seconds: (u + s) as f64 / clock_ticks() })
+    Ok(ProcSample { rss_bytes, cpu_seconds: (u + s) as f64 / clock_ticks(), shard_cpu_seconds: shard_cpu(pid) })
+}
+
+/// CPU seconds of `pid`'s threads whose name starts with [`SHARD_THREAD_PREFIX`], from
+/// /proc/PID/task/TID/stat (per thread, unlike /proc/PID/stat); `None` if there are none.
+fn shard_cpu(pid: u32) -> Option<f64> {
+    let mut ticks = 0;
+    let mut found = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let name = stat.find('(').zip(stat.rfind(')')).map(|(a, b)| &stat[a + 1..b]);
+        if !name.is_some_and(|n| n.starts_with(SHARD_THREAD_PREFIX)) {
+            continue;
+        }
+        if let Some((u, s)) = parse_stat_ticks(&stat) {
+            ticks += u + s;
+            found = true;
+        }
+    }
+    found.then(|| ticks as f64 / clock_ticks())
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,10 +213,47 @@ mod tests {
         assert_eq!(slope(&flat), Some(0.0));
     }
 
+    /// Only threads named `crier-shard-*` count, and their CPU time is their own.
+    #[test]
+    fn shard_threads_cpu() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let t = std::thread::Builder::new()
+            .name("crier-shard-0".into())
+            .spawn(move || {
+                // Burn at least 0.2 s of CPU, then wait to be sampled.
+                let start = self_thread_cpu();
+                let mut x = 0u64;
+                while self_thread_cpu() - start < 0.2 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                ready_tx.send(x).unwrap();
+                let _ = rx.recv();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let s = sample_pid(std::process::id()).unwrap();
+        drop(tx);
+        t.join().unwrap();
+        let shard = s.shard_cpu_seconds.expect("the crier-shard-0 thread is found");
+        assert!(shard >= 0.15, "the shard thread's own CPU: {shard}");
+        assert!(shard <= s.cpu_seconds, "a part of the process's: {shard} > {}", s.cpu_seconds);
+    }
+
+    fn self_thread_cpu() -> f64 {
+        // SAFETY: zeroed rusage is a valid out-parameter.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: ru is valid for writes.
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
     #[test]
     fn reads_own_process() {
         let s = sample_pid(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
+        assert_eq!(s.shard_cpu_seconds, None, "the test process has no crier-shard thread");
         assert!(s.cpu_seconds >= 0.0);
         assert!(sockstat().is_some());
     }

@@ -130,11 +130,12 @@ test("reset notice: new epoch, sequence starts afresh", async () => {
   sock().open();
   sock().frame("reset a 2\n");
   sock().frame("m a 1 2\nnew");
-  // The connection drops before b's reset: b is resumed from 0 in the new epoch, and
-  // its first message in the new epoch is reported as a reset too.
+  // The connection drops before b's reset: b is resumed from its position in the old
+  // epoch (the server answers that with a reset), and if its first message in the new
+  // epoch comes without one, that is reported as a reset too.
   sock().serverClose();
   await tick(20);
-  assert.match(sock().url, /since=2:1,0$/);
+  assert.match(sock().url, /since=2:1,1:5$/);
   sock().open();
   sock().frame("m b 1 2\nnew b");
   assert.deepEqual(kinds(events, "reset"), [
@@ -209,7 +210,7 @@ test("cluster mode: channels in different epochs resume with one <epoch>:<seq> e
   sock().frame("m b 9 200\ny"); // another epoch on the same connection: per-channel epochs
   sock().serverClose(1006);
   await tick(20);
-  assert.equal(sock().url, "ws://h:8080/ws?channels=a,b,c&since=100:4,200:9,200:0");
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a,b,c&since=100:4,200:9,0");
   sock().open();
   sock().frame("m a 5 100\nz");
   assert.deepEqual(kinds(events, "reset"), [], "different epochs per channel are not resets");
@@ -263,4 +264,70 @@ test("token: a function that fails is an error, and the backoff applies", async 
   const n = kinds(events, "error").length;
   await tick(20);
   assert.equal(kinds(events, "error").length, n, "close() stops the attempts");
+});
+
+test("cluster mode: lastSeq and position are per channel, whatever epoch came last", () => {
+  const { c, sock } = client({ channels: ["a", "b"] });
+  sock().open();
+  sock().frame("m a 4 100\nx");
+  sock().frame("m b 9 200\ny");
+  assert.equal(c.lastSeq("a"), 4);
+  assert.deepEqual(c.position("a"), { epoch: "100", seq: 4 });
+  assert.deepEqual(c.position("b"), { epoch: "200", seq: 9 });
+  assert.equal(c.position("z"), null);
+  c.close();
+});
+
+test("a reconnection before any message resumes from 0, so what was published meanwhile comes", async () => {
+  const { c, events, sock } = client({ channels: ["a", "b"], last: 5 });
+  sock().open();
+  sock().serverClose(1006); // the node died before anything was published
+  await tick(20);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a,b&since=0:0,0", "a resume, not a fresh last=5");
+  sock().open();
+  assert.equal(kinds(events, "open")[1].resumed, true);
+  // The server knows a's epoch (cluster mode: Redis's) and answers the guessed 0 with a
+  // reset and all it holds; b was never published (cluster mode: epoch 0, no notice).
+  sock().frame("reset a 77\n");
+  sock().frame("m a 1 77\nfirst");
+  sock().frame("m a 2 77\nsecond");
+  assert.deepEqual(kinds(events, "reset"), [], "nothing to reset: no position was known");
+  assert.deepEqual(kinds(events, "message").map((m) => `${m.seq}@${m.epoch}`), ["1@77", "2@77"]);
+  sock().serverClose(1006);
+  await tick(20);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a,b&since=77:2,0");
+  c.close();
+});
+
+test("a connection that never opened: the retry is a fresh subscription", async () => {
+  const { c, sock } = client({ channels: ["a"], last: 3 });
+  sock().serverClose(1006); // refused before the upgrade
+  await tick(20);
+  assert.equal(sock().url, "ws://h:8080/ws?channels=a&last=3");
+  c.close();
+});
+
+test("a reset names epoch 0 (no state anywhere): reported once, then the new epoch is no second reset", async () => {
+  const { c, events, sock } = client({ channels: ["a", "b"] });
+  sock().open();
+  sock().frame("m a 5 100\nx");
+  sock().frame("m b 3 200\ny");
+  sock().serverClose(1006);
+  await tick(20);
+  sock().open();
+  sock().frame("reset a 0\n"); // the node and Redis know nothing of a any more
+  sock().frame("m a 1 300\nfresh"); // then a is published again: a new epoch
+  sock().frame("reset b 400\n");
+  sock().frame("m b 1 400\nfresh b");
+  assert.deepEqual(kinds(events, "reset"), [
+    { channel: "a", epoch: "0" },
+    { channel: "b", epoch: "400" },
+  ]);
+  assert.deepEqual(kinds(events, "message").map((m) => `${m.channel}${m.seq}@${m.epoch}`), [
+    "a5@100",
+    "b3@200",
+    "a1@300",
+    "b1@400",
+  ]);
+  c.close();
 });

@@ -9,7 +9,9 @@
 //! - `server`: temporary directories, `ServerBuilder` and the running `Server`.
 //! - `prometheus`: parsing `/metrics`.
 //! - `http`: plain HTTP requests and responses.
-//! - `nginx`: the shipped NGINX sample as a plain-HTTP site on loopback.
+//! - `nginx`: the shipped NGINX sample as a plain-HTTP site on loopback, and NGINX running it.
+//! - `redis`: a real redis-server on a free loopback port.
+//! - `browser`: headless Chromium driven by `tests/browser/run.mjs`, the page's reports.
 //! - `ws`: the raw WebSocket client, frame and deflate helpers, tungstenite as a second client.
 //! - `publisher`: the publisher protocol over the Unix socket.
 //! - `command`: `crier <subcommand>` as a plain command.
@@ -138,3 +140,14 @@ pub use readme::*;
 mod source;
 #[allow(unused_imports)]
 pub use source::*;
+mod redis;
+#[allow(unused_imports)]
+pub use redis::*;
+mod browser;
+#[allow(unused_imports)]
+pub use browser::*;
+
+/// A free loopback port (bound and released; the caller's server binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -45,3 +45,71 @@ pub fn nginx_main_conf(dir: &Path, site: &str, worker_connections: u32) -> Strin
         d = dir.display()
     )
 }
+
+/// A real NGINX in the foreground (`nginx -p DIR -c DIR/nginx.conf`) serving the shipped
+/// sample's upstream (`least_conn`) and `location /ws` on plain HTTP on
+/// `127.0.0.1:listen_port`, in front of `upstreams`; SIGKILLed (by PID) when dropped.
+pub struct Nginx {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Nginx {
+    /// Writes the site and the main configuration into `dir` (which must outlive it) and
+    /// waits until NGINX accepts connections.
+    pub fn start(upstreams: &[std::net::SocketAddr], listen_port: u16, dir: &Path) -> Nginx {
+        let found = std::process::Command::new("sh").arg("-c").arg("command -v nginx").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)"
+        );
+        let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/crier.conf")).unwrap();
+        let lines: Vec<String> =
+            upstreams.iter().map(|a| format!("server {a} max_fails=3 fail_timeout=10s;")).collect();
+        let site = nginx_plain_site(&sample, &lines, listen_port);
+        assert!(site.contains("least_conn;"), "the sample balances with least_conn");
+        std::fs::write(dir.join("site.conf"), site).unwrap();
+        std::fs::write(dir.join("nginx.conf"), nginx_main_conf(dir, "site.conf", 1024)).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let mut n = Nginx { child, port: listen_port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(n.addr()).is_err() {
+            if let Ok(Some(st)) = n.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({st}) before listening:\n{log}");
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx not listening on {} after 10 s", n.addr());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        n
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM (fast shutdown: the master stops its worker too, which a SIGKILL of the
+        // master would leave behind) to the PID of the child spawned above; SIGKILL if it
+        // is still there after 5 s.
+        // SAFETY: a signal to our own child's PID, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
