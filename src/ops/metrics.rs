@@ -40,6 +40,7 @@ labelled!(
         OverCapacity => "over_capacity",
         Draining => "draining",
         HandshakeTimeout => "handshake_timeout",
+        RedisUnavailable => "redis_unavailable",
     }
 );
 
@@ -150,6 +151,9 @@ pub struct RedisMetrics {
     /// Messages a resume read from Redis because this node's history did not hold them.
     pub resume_fetched: AtomicU64,
     pub probes_failed: AtomicU64,
+    /// Redis Cluster: channels this node is SSUBSCRIBEd to, or subscribing to (the
+    /// broadcast channel included; probes not).
+    pub subscribed_channels: AtomicU64,
     /// Round trip of publish script calls, in µs, one sample per message.
     pub publish_latency: Mutex<Option<Histogram<u64>>>,
 }
@@ -164,6 +168,7 @@ impl RedisMetrics {
             unrepairable: AtomicU64::new(0),
             resume_fetched: AtomicU64::new(0),
             probes_failed: AtomicU64::new(0),
+            subscribed_channels: AtomicU64::new(0),
             publish_latency: Mutex::new(None),
         }
     }
@@ -419,6 +424,12 @@ impl Metrics {
             "counter",
             "Idle-subscription probes that did not come back (the subscription was restarted).",
             r.probes_failed.load(Relaxed),
+        );
+        one(
+            "crier_redis_subscribed_channels",
+            "gauge",
+            "Redis Cluster: channels this node is SSUBSCRIBEd to (those with local subscribers, the lingering ones, the broadcast channel).",
+            r.subscribed_channels.load(Relaxed),
         );
         let _ = writeln!(
             o,

@@ -11,8 +11,8 @@ use crate::ws::frame::MessageKind;
 /// Runs `crier publish`. Prints each sequence number; exits 1 with the server's reason on a
 /// refusal, 2 when the server cannot be reached or the input cannot be read.
 pub fn run(args: &PublishArgs) -> ExitCode {
-    if args.redis.is_some() {
-        // `--redis`: straight through Redis, no local crier needed (src/cluster/).
+    if args.redis.is_some() || args.redis_cluster.is_some() {
+        // `--redis` / `--redis-cluster`: straight through Redis, no local crier needed (src/cluster/).
         return crate::cluster::publish_client::run(args);
     }
     let path = match &args.publish_socket {

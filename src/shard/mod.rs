@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod fanout;
 pub mod history;
+pub mod interest;
 pub mod outbound;
 pub mod runtime;
 pub(crate) mod session;
@@ -86,6 +87,8 @@ pub struct Shard {
     /// Cluster mode (`--redis`): the cluster thread, for resumes local history cannot
     /// satisfy. Given by `server`, like everything else a shard uses.
     cluster: Option<ClusterHandle>,
+    /// Redis Cluster: the channels this shard has subscribers for (see interest.rs).
+    interest: interest::LocalInterest,
 }
 
 impl Shard {
@@ -121,6 +124,7 @@ impl Shard {
             inbox,
             requeue,
             cluster,
+            interest: interest::LocalInterest::default(),
             stopped: Cell::new(false),
             me: me.clone(),
         })
@@ -285,13 +289,42 @@ impl Shard {
         }
     }
 
+    /// Redis Cluster: counts a connection in on its channels, waiting (at most `timeout`)
+    /// until the node is subscribed to each. False: Redis cannot be reached, the connection
+    /// is refused (and counted out again). True at once without `--redis-cluster`.
+    pub async fn join_channels(&self, channels: &[ChannelName], timeout: Duration) -> bool {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.sharded()) else { return true };
+        let joined = monoio::time::timeout(timeout, self.interest.join(self.id, cluster, channels)).await;
+        if joined != Ok(true) {
+            self.leave_channels(channels.iter());
+            return false;
+        }
+        true
+    }
+
+    /// Redis Cluster: counts a connection out of its channels; a channel left with no
+    /// subscriber here loses its history on this shard (it may stop being subscribed).
+    pub fn leave_channels<'a>(&self, channels: impl Iterator<Item = &'a ChannelName>) {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.sharded()) else { return };
+        let mut history = self.history.borrow_mut();
+        for ch in self.interest.leave(self.id, cluster, channels) {
+            history.forget(&ch);
+        }
+    }
+
     /// Takes a finished connection out of the tables.
     pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
         conn.abort();
         let membership = conn.take_membership();
+        let channels: Vec<ChannelName> = if self.cluster.as_ref().is_some_and(ClusterHandle::sharded) {
+            membership.channels.iter().map(|(c, _)| c.clone()).collect()
+        } else {
+            Vec::new()
+        };
         if !self.subscribers.borrow_mut().remove(membership) {
             return;
         }
+        self.leave_channels(channels.iter());
         let stats = self.stats();
         stats.connections.fetch_sub(1, Relaxed);
         stats.closed[reason as usize].fetch_add(1, Relaxed);
@@ -341,7 +374,12 @@ impl Shard {
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
-        self.history.borrow_mut().record(b);
+        // Redis Cluster: history only of channels this node has stayed subscribed to since
+        // the shard's first subscriber of it (see interest.rs).
+        let sharded = self.cluster.as_ref().is_some_and(ClusterHandle::sharded);
+        if !sharded || b.channel.is_broadcast() || self.interest.contains(&b.channel) {
+            self.history.borrow_mut().record(b);
+        }
         let frames = ShardFrames::new(b, &self.encoder);
         self.subscribers.borrow().deliver(&frames, &mut self.dirty.borrow_mut());
         let (count, bytes) = self.unflushed.get();

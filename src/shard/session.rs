@@ -83,6 +83,7 @@ fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
         HandshakeError::HeadTooLarge => RefuseReason::HeaderTooLarge,
         HandshakeError::OverCapacity => RefuseReason::OverCapacity,
         HandshakeError::Draining => RefuseReason::Draining,
+        HandshakeError::RedisUnavailable => RefuseReason::RedisUnavailable,
         HandshakeError::ClientScript => return None,
     })
 }
@@ -103,6 +104,11 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
     if shard.draining.get() {
         return refuse(&shard, &stream, HandshakeError::Draining).await;
     }
+    // Redis Cluster: the node is SSUBSCRIBEd to every channel before the 101 (see
+    // shard/interest.rs), so nothing published after the client's 101 passes it by.
+    if !shard.join_channels(&upgrade.channels, timeout).await {
+        return refuse(&shard, &stream, HandshakeError::RedisUnavailable).await;
+    }
     let metrics = &shard.metrics;
     metrics.open_connections.fetch_add(1, Relaxed);
     let response = handshake::response_101(&upgrade);
@@ -110,6 +116,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, slot: Slot) {
         Ok(Ok(())) => {}
         _ => {
             metrics.open_connections.fetch_sub(1, Relaxed);
+            shard.leave_channels(upgrade.channels.iter());
             return;
         }
     }

@@ -70,6 +70,9 @@ pub enum HandshakeError {
     OverCapacity,
     #[error("server is shutting down")]
     Draining,
+    /// Redis Cluster: this node could not subscribe to a requested channel.
+    #[error("redis unavailable: cannot subscribe to the channel, try again later")]
+    RedisUnavailable,
     /// Not an error: `GET /crier.js` is answered with the browser client.
     #[error("the crier.js client")]
     ClientScript,
@@ -86,7 +89,9 @@ impl HandshakeError {
             HandshakeError::UpgradeRequired | HandshakeError::BadVersion => (426, "Upgrade Required"),
             HandshakeError::BadRequest(_) => (400, "Bad Request"),
             HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::RedisUnavailable => {
+                (503, "Service Unavailable")
+            }
             HandshakeError::ClientScript => (200, "OK"),
         }
     }
@@ -103,7 +108,9 @@ impl HandshakeError {
             HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13")],
             HandshakeError::UpgradeRequired => &[("Upgrade", "websocket")],
             HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
-            HandshakeError::OverCapacity | HandshakeError::Draining => &[("Retry-After", "5")],
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::RedisUnavailable => {
+                &[("Retry-After", "5")]
+            }
             _ => &[],
         };
         http::response(&format!("{code} {text}"), "text/plain; charset=utf-8", extra, body.as_bytes())

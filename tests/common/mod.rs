@@ -15,6 +15,7 @@
 //! - `command`: `crier <subcommand>` as a plain command.
 //! - `seccomp`: a Docker-like filter that blocks io_uring.
 //! - `readme`: the README's tables, read at test time.
+//! - `redis_cluster`: a real three-master Redis Cluster on loopback ports.
 //!
 //! Test files keep `use common::*`: every part is re-exported here.
 #![allow(dead_code, unused_macros)]
@@ -134,3 +135,6 @@ pub use seccomp::*;
 mod readme;
 #[allow(unused_imports)]
 pub use readme::*;
+mod redis_cluster;
+#[allow(unused_imports)]
+pub use redis_cluster::*;
