@@ -125,7 +125,7 @@ fn channels_on_every_master_in_order_once() {
 }
 
 /// A client that resumes with since= on a node that never had the channel reads what it
-/// missed from the channel's stream.
+/// missed from the channel's stream; `last=N` there reads the stream too.
 #[test]
 fn resume_on_another_node_reads_the_stream() {
     let cluster = RedisCluster::start();
@@ -143,6 +143,11 @@ fn resume_on_another_node_reads_the_stream() {
     assert_eq!(next_env(&mut rb).seq, 11, "then live, no hole, no duplicate");
     assert!(quiet(&mut rb, Duration::from_millis(300)).is_empty());
     assert!(b.metric0("crier_redis_resume_fetched_messages_total", &[]) >= 7.0);
+    // last=N too: node b's shards hold the channel only since their first subscriber.
+    let mut lb = env_ws(&b, "/ws?channels=r&last=3");
+    let got: Vec<u64> = (0..3).map(|_| next_env(&mut lb).seq).collect();
+    assert_eq!(got, vec![9, 10, 11]);
+    assert!(quiet(&mut lb, Duration::from_millis(300)).is_empty());
 }
 
 /// A master is SIGKILLed mid-stream and started again (empty): publishes in between get

@@ -193,9 +193,11 @@ impl Shard {
     /// Cluster mode only: for each channel of a `since=` resume that local history cannot
     /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
     async fn fetch_for_resume(&self, channels: &[ChannelName], upgrade: &Upgrade) -> Vec<Option<Fetched>> {
-        let (Some(cluster), Some(since)) = (&self.cluster, &upgrade.since) else {
-            return Vec::new();
-        };
+        let Some(cluster) = &self.cluster else { return Vec::new() };
+        if upgrade.since.is_none() && upgrade.last > 0 && cluster.sharded() {
+            return self.fetch_for_last(cluster, channels, upgrade.last).await;
+        }
+        let Some(since) = &upgrade.since else { return Vec::new() };
         let mut out = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             self.apply_pending();
@@ -221,6 +223,23 @@ impl Shard {
         out
     }
 
+    /// Redis Cluster: a shard holds history only since its first subscriber of a channel
+    /// (see interest.rs), so `last=N` reads the stream where the shard holds fewer than N.
+    async fn fetch_for_last(
+        &self,
+        cluster: &ClusterHandle,
+        channels: &[ChannelName],
+        last: usize,
+    ) -> Vec<Option<Fetched>> {
+        let mut out = Vec::with_capacity(channels.len());
+        for ch in channels {
+            self.apply_pending();
+            let held = self.history.borrow().held_after(ch, 0, Instant::now()).len();
+            out.push(if held < last { cluster.fetch(ch.clone(), 0).await } else { None });
+        }
+        out
+    }
+
     /// Queues notices and history for `since=` / `last=`.
     fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade, mut remote: Vec<Option<Fetched>>) {
         if upgrade.since.is_none() && upgrade.last == 0 {
@@ -242,6 +261,14 @@ impl Shard {
             };
             let fetched = remote.get_mut(i).and_then(Option::take);
             let from_redis = match (fetched, &upgrade.since) {
+                // `last=N` from the stream (Redis Cluster): the N before its head, no notice
+                // (as `last=` on a single box: what is held, up to N).
+                (Some(f), None) => {
+                    let (after, epoch) = (f.head.saturating_sub(upgrade.last as u64), f.epoch.unwrap_or(0));
+                    let held = history.held_after(ch, 0, now);
+                    crate::cluster::resume::plan(ch, after, epoch, f, held, &self.encoder, &self.metrics)
+                        .map(|r| crate::cluster::resume::RemotePlan { notice: None, ..r })
+                }
                 (Some(f), Some(s)) => crate::cluster::resume::plan(
                     ch,
                     s.seqs[i],
