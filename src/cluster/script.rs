@@ -160,7 +160,19 @@ pub fn fetch_pipe(names: &Names, from: u64, to: Option<u64>) -> redis::Pipeline 
     pipe
 }
 
-/// Reads the answer to [`fetch_pipe`]: the epoch (None: Redis holds no state), the last
+/// The read of a channel for a Redis Cluster: the same as [`fetch_pipe`], as one script
+/// (EVAL: atomic, and one command, so it can follow a migrating slot's ASK).
+pub const FETCH_LUA: &str =
+    "return {redis.call('hmget', KEYS[1], 'e', 's'), redis.call('xrange', KEYS[2], ARGV[1], ARGV[2])}";
+
+pub fn fetch_cmd(names: &Names, from: u64, to: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    let end = to.map_or_else(|| "+".to_string(), |t| format!("{t}-0"));
+    cmd.arg(FETCH_LUA).arg(2).arg(&names.meta).arg(&names.stream).arg(format!("{from}-0")).arg(end);
+    cmd
+}
+
+/// Reads the answer to [`fetch_pipe`] or [`fetch_cmd`]: the epoch (None: Redis holds no state), the last
 /// seq, and the entries.
 pub fn parse_fetched(reply: &[redis::Value]) -> Option<super::Fetched> {
     let [meta, entries] = reply else { return None };

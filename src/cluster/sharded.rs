@@ -110,6 +110,9 @@ struct Session {
     link: Link,
     pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
     masters: Vec<Probe>,
+    /// Channels whose subscription Redis dropped (their slot moved): SSUBSCRIBEd again
+    /// at the next tick.
+    resubscribe: HashSet<ChannelName>,
 }
 
 /// One master's probe: a channel whose slot it serves.
@@ -224,7 +227,7 @@ impl Node {
         for channel in self.interest.channels() {
             self.start_channel(&link, &channel).await?;
         }
-        Ok(Session { link, pushes, masters: probes })
+        Ok(Session { link, pushes, masters: probes, resubscribe: HashSet::new() })
     }
 
     /// Reads the masters, checks each runs Redis >= 7 (sharded pub/sub) and loads the
@@ -346,6 +349,20 @@ impl Node {
                             }
                         }
                     }
+                    for channel in std::mem::take(&mut s.resubscribe) {
+                        let name = Names::new(&self.cfg.prefix, &channel).pubsub;
+                        let mut conn = s.link.conn.clone();
+                        match tokio::time::timeout(RESPONSE_TIMEOUT, conn.ssubscribe(&name)).await {
+                            Ok(Ok(())) => {
+                                to_resync.insert(channel);
+                            }
+                            // The slot is still moving: again at the next tick.
+                            Ok(Err(e)) if slot_publish::not_run(&e) => {
+                                s.resubscribe.insert(channel);
+                            }
+                            _ => return "subscribing again failed",
+                        }
+                    }
                     for channel in std::mem::take(&mut to_resync) {
                         if let Some(pos) = self.sequencer.position(&channel)
                             && !resync(self, &s.link, &channel, pos).await
@@ -374,6 +391,7 @@ impl Node {
         };
         let prefix = self.cfg.prefix.clone();
         let addressed = script::addressed(&prefix, &name);
+
         match push.kind {
             PushKind::Disconnection => return Err("a connection to a master was lost"),
             PushKind::SMessage => {}
@@ -385,14 +403,14 @@ impl Node {
                 }
                 return Ok(());
             }
-            // Redis drops sharded subscriptions of a slot that moved away: subscribe again
-            // (redis-rs routes it to the new owner) and catch up.
+            // Redis drops sharded subscriptions of a slot that moves away: subscribe again
+            // at the next tick (redis-rs routes it to the new owner once it knows it), then
+            // catch up from the stream.
             PushKind::SUnsubscribe => {
                 if let Addressed::Channel(c) = addressed
                     && self.interest.is_subscribed(&c)
                 {
-                    subscribe(&s.link, &name).await.map_err(|_| "subscribing again failed")?;
-                    to_resync.insert(c);
+                    s.resubscribe.insert(c);
                 }
                 return Ok(());
             }
@@ -506,16 +524,23 @@ impl Node {
     }
 }
 
-/// SSUBSCRIBE, confirmed.
+/// SSUBSCRIBE, confirmed; again while the slot is moving (MOVED: redis-rs refreshes its
+/// slot map meanwhile), up to [`slot_publish::RETRY_FOR`].
 async fn subscribe(link: &Link, name: &str) -> Result<(), String> {
-    let mut conn = link.conn.clone();
-    match tokio::time::timeout(RESPONSE_TIMEOUT, conn.ssubscribe(name)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            link.failed(&e);
-            Err(format!("SSUBSCRIBE {name}: {e}"))
+    let deadline = Instant::now() + slot_publish::RETRY_FOR;
+    loop {
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(RESPONSE_TIMEOUT, conn.ssubscribe(name)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if slot_publish::not_run(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => {
+                link.failed(&e);
+                return Err(format!("SSUBSCRIBE {name}: {e}"));
+            }
+            Err(_) => return Err(format!("SSUBSCRIBE {name} timed out")),
         }
-        Err(_) => Err(format!("SSUBSCRIBE {name} timed out")),
     }
 }
 

@@ -39,6 +39,8 @@ use crate::ws::frame::MessageKind;
 
 /// Script calls in flight at once, over all slots.
 pub const MAX_CALLS: usize = 64;
+/// Script calls of one slot in flight at once.
+pub const PER_SLOT: usize = 8;
 /// Messages, and payload bytes, per script call.
 const MAX_BATCH: usize = 128;
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -61,7 +63,7 @@ pub fn is_connection_error(e: &RedisError) -> bool {
 }
 
 /// Redis answered that it did not run the command, and running it again is safe.
-fn not_run(e: &RedisError) -> bool {
+pub fn not_run(e: &RedisError) -> bool {
     matches!(
         e.retry_method(),
         RetryMethod::MovedRedirect
@@ -85,44 +87,41 @@ impl Link {
         }
     }
 
-    /// Runs `cmd` on the master of `slot`, retrying what Redis did not run.
+    /// Runs `cmd` on the master of `slot`, again while Redis says it did not run it (for
+    /// commands whose order does not matter: probes, reads).
     pub async fn route(&self, cmd: &redis::Cmd, slot: u16) -> Result<Value, RedisError> {
         let deadline = Instant::now() + RETRY_FOR;
-        let mut loaded = false;
+        let mut again = None;
         loop {
-            let mut conn = self.conn.clone();
-            match conn.route_command(cmd.clone(), master_of(slot)).await {
-                Err(e) if e.code() == Some("NOSCRIPT") && !loaded => {
-                    // A master that never saw the script (a promoted replica, a restart
-                    // without persistence): load it there and run the call again.
-                    loaded = true;
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(script::PUBLISH_LUA);
-                    conn.route_command(load, master_of(slot)).await?;
-                }
-                Err(e) if not_run(&e) && Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+            match send(self, cmd, slot, again.take()).await {
+                Err(e) if retryable(&e) && Instant::now() < deadline => again = Some(Again::after(&e)),
                 other => return other,
             }
         }
     }
 
-    /// Reads a channel's meta and stream entries `from..=to` (see [`script::fetch_pipe`]).
+    /// Reads a channel's meta and stream entries `from..=to` in one script run (atomic,
+    /// and a single command, so a migrating slot's ASK can be followed).
     pub async fn fetch(&self, prefix: &str, channel: &ChannelName, from: u64, to: Option<u64>) -> Option<Fetched> {
         let names = Names::new(prefix, channel);
-        let pipe = script::fetch_pipe(&names, from, to);
-        let deadline = Instant::now() + RETRY_FOR;
-        loop {
-            let mut conn = self.conn.clone();
-            match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                Ok(v) => return script::parse_fetched(&v),
-                Err(e) if not_run(&e) && Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
-                Err(e) => {
-                    self.failed(&e);
-                    return None;
-                }
+        let cmd = script::fetch_cmd(&names, from, to);
+        match self.route(&cmd, slot_of(names.pubsub.as_bytes())).await {
+            Ok(Value::Array(v)) => script::parse_fetched(&v),
+            Ok(other) => {
+                tracing::warn!("redis cluster: unexpected reply to a stream read: {other:?}");
+                None
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
             }
         }
     }
+}
+
+/// Redis did not run it and says so; sending it again is safe.
+fn retryable(e: &RedisError) -> bool {
+    not_run(e) || e.code() == Some("NOSCRIPT")
 }
 
 /// One publish waiting for its script call.
@@ -136,15 +135,111 @@ struct Pending {
 #[derive(Default)]
 struct SlotQueue {
     waiting: VecDeque<Pending>,
-    /// A call of this slot is out.
-    busy: bool,
+    /// Calls of this slot out now.
+    in_flight: usize,
+    /// Calls of this slot sent so far; a call's index is its number.
+    sent: u64,
+    /// The newest call is being retried: nothing more goes out for this slot until then.
+    retrying: bool,
     /// On the list of slots to call.
     listed: bool,
 }
 
-type Call = Pin<Box<dyn Future<Output = (u16, Vec<Pending>, Result<Value, RedisError>, Instant)> + Send>>;
+impl SlotQueue {
+    fn may_send(&self) -> bool {
+        !self.retrying && self.in_flight < PER_SLOT && !self.waiting.is_empty()
+    }
+}
+
+/// One script call and what became of it.
+struct Done {
+    slot: u16,
+    index: u64,
+    batch: Vec<Pending>,
+    cmd: redis::Cmd,
+    result: Result<Value, RedisError>,
+    started: Instant,
+}
+
+type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// How a call is sent again.
+enum Again {
+    /// After a pause (TRYAGAIN, CLUSTERDOWN, MOVED: the slot map is being refreshed).
+    Later,
+    /// After loading the script on the slot's master (NOSCRIPT).
+    Load,
+    /// To the importing node, behind ASKING (ASK: the slot is migrating, the channel's
+    /// keys already moved).
+    Ask(String, u16),
+}
+
+impl Again {
+    fn after(e: &RedisError) -> Self {
+        if e.code() == Some("NOSCRIPT") {
+            return Again::Load;
+        }
+        match (e.retry_method(), e.redirect_node()) {
+            (RetryMethod::AskRedirect, Some((node, _))) => match node.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => {
+                    Again::Ask(host.to_string(), port.parse().unwrap_or_default())
+                }
+                _ => Again::Later,
+            },
+            _ => Again::Later,
+        }
+    }
+}
+
+/// Sends `cmd` to the master of `slot`, or again as `again` says.
+async fn send(link: &Link, cmd: &redis::Cmd, slot: u16, again: Option<Again>) -> Result<Value, RedisError> {
+    let mut conn = link.conn.clone();
+    match again {
+        Some(Again::Ask(host, port)) => {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ASKING").add_command(cmd.clone());
+            let at = SingleNodeRoutingInfo::ByAddress { host, port };
+            conn.route_pipeline(pipe, 1, 1, at).await.map(|mut v| v.pop().unwrap_or(Value::Nil))
+        }
+        Some(Again::Load) => {
+            let mut l = redis::cmd("SCRIPT");
+            l.arg("LOAD").arg(script::PUBLISH_LUA);
+            let _ = conn.route_command(l, master_of(slot)).await;
+            conn.route_command(cmd.clone(), master_of(slot)).await
+        }
+        Some(Again::Later) => {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            conn.route_command(cmd.clone(), master_of(slot)).await
+        }
+        None => conn.route_command(cmd.clone(), master_of(slot)).await,
+    }
+}
+
+/// Sends a script call (or sends it again).
+fn call(
+    link: &Link,
+    slot: u16,
+    index: u64,
+    batch: Vec<Pending>,
+    cmd: redis::Cmd,
+    started: Instant,
+    again: Option<Again>,
+) -> Call {
+    let link = link.clone();
+    Box::pin(async move {
+        let result = send(&link, &cmd, slot, again).await;
+        Done { slot, index, batch, cmd, result, started }
+    })
+}
 
 /// The publish half of a session. Returns when the connection broke.
+///
+/// Up to [`PER_SLOT`] calls of a slot are in flight, sent in publisher order (each call's
+/// first poll queues it on the cluster connection, in the order the calls were pushed).
+/// A call that Redis did not run is retried only if it is the newest of its slot (no
+/// later call of the slot could then have run before it), and no newer call goes out
+/// until the retry is answered; an older one is refused instead. Either way the seqs of a
+/// channel follow the order of its +OKs.
 pub async fn serve_commands(
     commands: &flume::Receiver<Command>,
     link: &Link,
@@ -158,6 +253,12 @@ pub async fn serve_commands(
     let mut slots: HashMap<u16, SlotQueue> = HashMap::new();
     let mut ready: VecDeque<u16> = VecDeque::new();
     let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
+    let list = |slot: u16, q: &mut SlotQueue, ready: &mut VecDeque<u16>| {
+        if q.may_send() && !q.listed {
+            q.listed = true;
+            ready.push_back(slot);
+        }
+    };
     let why = loop {
         let take = |cmd: Command, slots: &mut HashMap<u16, SlotQueue>, ready: &mut VecDeque<u16>| match cmd {
             Command::Fetch { channel, after, reply } => {
@@ -170,24 +271,34 @@ pub async fn serve_commands(
                 let slot = slot_of(Names::new(prefix, &channel).pubsub.as_bytes());
                 let q = slots.entry(slot).or_default();
                 q.waiting.push_back(Pending { channel, kind, payload, reply });
-                if !q.busy && !q.listed {
-                    q.listed = true;
-                    ready.push_back(slot);
-                }
+                list(slot, q, ready);
             }
         };
         tokio::select! {
             done = calls.next(), if !calls.is_empty() => {
-                let Some((slot, batch, result, started)) = done else { continue };
-                finish(link, batch, result, started);
-                if let Some(q) = slots.get_mut(&slot) {
-                    q.busy = false;
-                    if q.waiting.is_empty() {
-                        slots.remove(&slot);
-                    } else if !q.listed {
-                        q.listed = true;
-                        ready.push_back(slot);
+                let Some(d) = done else { continue };
+                let Some(q) = slots.get_mut(&d.slot) else { continue };
+                let retry = match &d.result {
+                    Err(e) if retryable(e) => {
+                        d.index == q.sent && d.started.elapsed() < RETRY_FOR
                     }
+                    _ => false,
+                };
+                if retry && let Err(e) = &d.result {
+                    q.retrying = true;
+                    let again = Again::after(e);
+                    calls.push(call(link, d.slot, d.index, d.batch, d.cmd, d.started, Some(again)));
+                    continue;
+                }
+                if d.index == q.sent {
+                    q.retrying = false;
+                }
+                q.in_flight -= 1;
+                finish(link, d.batch, d.result, d.started);
+                if q.in_flight == 0 && q.waiting.is_empty() {
+                    slots.remove(&d.slot);
+                } else {
+                    list(d.slot, q, &mut ready);
                 }
             }
             c = commands.recv_async() => {
@@ -210,6 +321,9 @@ pub async fn serve_commands(
         {
             let Some(q) = slots.get_mut(&slot) else { continue };
             q.listed = false;
+            if !q.may_send() {
+                continue;
+            }
             let mut bytes = 0;
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH
@@ -219,10 +333,6 @@ pub async fn serve_commands(
                 bytes += p.payload.len();
                 batch.push(p);
             }
-            if batch.is_empty() {
-                continue;
-            }
-            q.busy = true;
             let (mut keys, mut args) = (Vec::with_capacity(2 * batch.len()), Vec::with_capacity(3 * batch.len()));
             for p in &batch {
                 script::push_message(&mut keys, &mut args, prefix, &p.channel, p.kind, p.payload.clone());
@@ -232,16 +342,15 @@ pub async fn serve_commands(
             for a in &args {
                 cmd.arg(&a[..]);
             }
-            let link = link.clone();
-            calls.push(Box::pin(async move {
-                let started = Instant::now();
-                let result = link.route(&cmd, slot).await;
-                (slot, batch, result, started)
-            }));
+            q.in_flight += 1;
+            q.sent += 1;
+            calls.push(call(link, slot, q.sent, batch, cmd, Instant::now(), None));
+            // More of this slot may go at once, behind this one.
+            list(slot, q, &mut ready);
         }
     };
     // Nothing more will be called in this session: every waiting publish is refused (those
-    // in flight are answered when their calls end, or refused when dropped).
+    // in flight are refused when their calls are dropped).
     for (_, q) in slots {
         for p in q.waiting {
             let _ = p.reply.send(None);

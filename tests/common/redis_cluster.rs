@@ -158,6 +158,43 @@ impl RedisCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The node id of master `i`.
+    pub fn id_of(&self, i: usize) -> String {
+        self.masters[i].cli(&["cluster", "myid"]).trim().to_string()
+    }
+
+    /// Moves `slot` from master `from` to master `to` the way `redis-cli --cluster reshard`
+    /// does, one step at a time, calling `between` after each step (IMPORTING/MIGRATING,
+    /// the MIGRATE of its keys, SETSLOT NODE).
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize, mut between: impl FnMut()) {
+        let (src, dst) = (&self.masters[from], &self.masters[to]);
+        let (src_id, dst_id) = (self.id_of(from), self.id_of(to));
+        let slot = slot.to_string();
+        assert!(dst.cli(&["cluster", "setslot", &slot, "importing", &src_id]).contains("OK"));
+        assert!(src.cli(&["cluster", "setslot", &slot, "migrating", &dst_id]).contains("OK"));
+        between();
+        // All the slot's keys in one MIGRATE … KEYS, as redis-cli does (in batches).
+        let keys = src.cli(&["cluster", "getkeysinslot", &slot, "100"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if !keys.is_empty() {
+            let port = dst.port.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(&keys);
+            let out = src.cli(&args);
+            assert!(out.contains("OK"), "MIGRATE {keys:?}: {out}");
+            between();
+        }
+        for m in [dst, src] {
+            assert!(m.cli(&["cluster", "setslot", &slot, "node", &dst_id]).contains("OK"));
+        }
+        for (i, m) in self.masters.iter().enumerate() {
+            if i != from && i != to {
+                m.cli(&["cluster", "setslot", &slot, "node", &dst_id]);
+            }
+        }
+        between();
+    }
+
     pub fn kill(&mut self, i: usize) {
         self.masters[i].kill();
     }
