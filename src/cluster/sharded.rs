@@ -2,7 +2,7 @@
 //!
 //! A *session* is one redis-rs cluster connection (RESP3: commands and SSUBSCRIBEs share
 //! each master's connection, pushes arrive on one queue). While it is up:
-//! - publishes go out grouped by slot, one call in flight per slot ([`slot_publish`]);
+//! - publishes go out grouped by slot, in publisher order per slot ([`slot_publish`]);
 //! - the node is SSUBSCRIBEd to the broadcast channel, to one probe channel per master, and
 //!   to every channel a shard has a subscriber for ([`Interest`]); a shard's first
 //!   subscriber of a channel waits until the SSUBSCRIBE is in effect and the channel's head

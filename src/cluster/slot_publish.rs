@@ -1,20 +1,24 @@
-//! Redis Cluster: publishes grouped by hash slot, one script call in flight per slot.
+//! Redis Cluster: publishes grouped by hash slot, up to [`PER_SLOT`] calls in flight per
+//! slot, in publisher order.
 //!
 //! A script may only touch keys of one slot, and a channel's keys and pub/sub channel
 //! share one hash tag, so every call carries the messages of one slot (of one or more
-//! channels). Per-channel order holds by construction: a slot's next call is built only
-//! after Redis answered the previous one, so the calls of a channel reach Redis in the
-//! order publishers sent them whatever redis-rs does inside (it routes each request on its
-//! own and may retry one later than the next). Everything queued for a slot while its call
-//! is out joins the next call, so batches grow with load. Calls for different slots (and
-//! so different masters) run side by side, up to [`MAX_CALLS`].
+//! channels). Calls are pushed in publisher order and each is queued on the cluster
+//! connection at its first poll, in that order (as on a standalone Redis, this leans on
+//! redis-rs taking requests first-in first-out: its request channel, its per-node
+//! pipeline, and `FuturesUnordered`'s ready queue are all FIFO). Everything queued for a
+//! slot while [`PER_SLOT`] of its calls are out joins the next call, so batches grow with
+//! load; calls of different slots (so different masters) run side by side, up to
+//! [`MAX_CALLS`].
 //!
-//! Redirections: the cluster client is built with no retries of its own (a retry after a
-//! dropped connection could run a publish twice), and crier retries only the replies that
-//! say the script did not run (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, NOSCRIPT), within
-//! [`RETRY_FOR`]. During a resharding the slot's call is retried until the new owner takes
-//! it; the next call of that slot waits for it, so order is kept and publishes of a
-//! migrating slot are only delayed (or refused after [`RETRY_FOR`]).
+//! Redirections and retries: the cluster client is built with no retries of its own (a
+//! retry after a dropped connection could run a publish twice). A call that Redis answers
+//! with "not run" (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, NOSCRIPT) is sent again only if it
+//! is the newest call of its slot, and no newer call goes out until it is answered: a
+//! later call of the slot cannot then have run before it. An older one is refused (`-ERR
+//! redis unavailable`), as are retries past [`RETRY_FOR`]. So during a resharding the
+//! seqs of a channel still follow its +OKs; some publishes of the moving slot are refused
+//! or delayed. ASK is followed with ASKING to the importing node.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
