@@ -262,6 +262,42 @@ fn resharding_mid_stream_keeps_order() {
     });
 }
 
+/// Appends a message to a channel's state the way the script does, but without SPUBLISH:
+/// what a node whose subscription broke never saw.
+fn silent_publish(cluster: &RedisCluster, channel: &str, payload: &str) -> u64 {
+    let seq: u64 = cluster.cli(&["hincrby", &format!("{{crier:{channel}}}:m"), "s", "1"]).trim().parse().unwrap();
+    cluster.cli(&["xadd", &format!("{{crier:{channel}}}:s"), &format!("{seq}-0"), "k", "t", "d", payload]);
+    seq
+}
+
+/// The node's connections to the channel's master are killed (as a network blip would):
+/// the node reconnects, subscribes again and re-reads the channel from its last seq, so
+/// what was published meanwhile (here: written without SPUBLISH) reaches its subscribers.
+#[test]
+fn node_resynchronises_after_a_master_connection_breaks() {
+    let cluster = RedisCluster::start();
+    let b = node(&cluster);
+    let mut sb = env_ws(&b, "/ws?channels=h");
+    let mut p = b.publisher();
+    assert_eq!(p.publish("h", b"1", false), 1);
+    assert_eq!(next_env(&mut sb).seq, 1);
+    let reconnects = b.metric0("crier_redis_reconnects_total", &[]);
+    for i in 2..=4 {
+        silent_publish(&cluster, "h", &i.to_string());
+    }
+    assert!(sb.recv(Duration::from_millis(200)).is_err(), "nothing arrives without a trigger");
+    let owner = &cluster.masters[cluster.owner_of("{crier:h}")];
+    owner.cli(&["client", "kill", "type", "pubsub"]);
+    wait_until(Duration::from_secs(10), "a reconnect", || b.metric0("crier_redis_reconnects_total", &[]) > reconnects);
+    wait_redis_up(&b);
+    let got: Vec<u64> = (0..3).map(|_| next_env(&mut sb).seq).collect();
+    assert_eq!(got, vec![2, 3, 4]);
+    assert_eq!(b.metric0("crier_redis_repaired_messages_total", &[]), 3.0);
+    assert_eq!(p.publish("h", b"5", false), 5);
+    assert_eq!(next_env(&mut sb).seq, 5, "then live");
+    assert!(quiet(&mut sb, Duration::from_millis(300)).is_empty(), "nothing twice");
+}
+
 /// A node is SSUBSCRIBEd to a channel only while it has subscribers for it (plus the
 /// linger): none before, one at the 101, none again after the last one left.
 #[test]
