@@ -176,6 +176,14 @@ fn master_killed_and_restarted_mid_stream() {
     assert_eq!(a.admin_get("/healthz").status, 503);
     p.send(&pub_command(&hit, b"during", None)).unwrap();
     assert_eq!(p.expect_line(), "-ERR redis unavailable", "refused, not numbered locally");
+    // A client for a channel the node is not subscribed to cannot be served: 503, not a
+    // 101 it could miss messages after.
+    let Err(r) = WsClient::connect_with(a.ws, "/ws?channels=newcomer", &[]) else {
+        panic!("a new channel's subscriber was upgraded during the outage");
+    };
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body_text().contains("redis unavailable"), "{r:?}");
+    assert!(a.metric0("crier_connections_refused_total", &[("reason", "redis_unavailable")]) >= 1.0);
     cluster.restart(victim);
     wait_redis_up(&a);
     wait_redis_up(&b);
