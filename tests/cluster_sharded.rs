@@ -306,6 +306,40 @@ fn node_resynchronises_after_a_master_connection_breaks() {
     assert!(quiet(&mut sb, Duration::from_millis(300)).is_empty(), "nothing twice");
 }
 
+/// A master hangs (SIGSTOP: its sockets stay open, nothing is delivered) while nothing is
+/// published: only the idle probe can notice. The node does, within the probe's timeouts,
+/// reports Redis down, and once the master is back delivers again, in sequence.
+#[test]
+fn a_hung_master_is_caught_by_the_idle_probe() {
+    let cluster = RedisCluster::start();
+    let b = node(&cluster);
+    let mut sb = env_ws(&b, "/ws?channels=h");
+    let mut p = b.publisher();
+    assert_eq!(p.publish("h", b"1", false), 1);
+    assert_eq!(next_env(&mut sb).seq, 1);
+    let owner = cluster.owner_of("{crier:h}");
+    cluster.masters[owner].pause();
+    wait_until(Duration::from_secs(20), "the hung master noticed without any publish", || {
+        b.metric("crier_redis_up", &[]) == Some(0.0)
+    });
+    assert!(b.metric0("crier_redis_probes_failed_total", &[]) >= 1.0);
+    cluster.masters[owner].resume();
+    cluster.wait_ok();
+    wait_redis_up(&b);
+    let seq = loop {
+        // The cluster may take a moment to accept writes again after the pause.
+        p.send(&pub_command("h", b"2", None)).unwrap();
+        let line = p.expect_line();
+        if line.starts_with("+OK") {
+            break parse_ok(&line);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(seq, 2);
+    assert_eq!(next_env(&mut sb).seq, 2);
+    assert!(quiet(&mut sb, Duration::from_millis(300)).is_empty());
+}
+
 /// A node is SSUBSCRIBEd to a channel only while it has subscribers for it (plus the
 /// linger): none before, one at the 101, none again after the last one left.
 #[test]

@@ -75,6 +75,7 @@ pub fn run(
         sequencer: Sequencer::default(),
         interest,
         node_id: node_id(),
+        own: HashSet::new(),
         sha: redis::Script::new(script::PUBLISH_LUA).get_hash().to_string(),
     };
     rt.block_on(node.run());
@@ -103,6 +104,9 @@ struct Node {
     interest: Interest,
     node_id: u64,
     sha: String,
+    /// Channels this node SSUBSCRIBEd itself whose confirmation push has not come yet: an
+    /// `ssubscribe` push for any other is redis-rs moving a subscription.
+    own: HashSet<String>,
 }
 
 /// A connected session: the link, its pushes, and each master's probe channel.
@@ -142,6 +146,7 @@ impl Node {
                     backoff = BACKOFF_MIN;
                     logged_down = false;
                     let why = self.session(session).await;
+                    self.own.clear();
                     self.metrics.redis.up.store(false, Relaxed);
                     self.interest.unsubscribe_all();
                     tracing::warn!(
@@ -286,6 +291,7 @@ impl Node {
     async fn start_channel(&mut self, link: &Link, channel: &ChannelName) -> Result<(), String> {
         let names = Names::new(&self.cfg.prefix, channel);
         subscribe(link, &names.pubsub).await?;
+        self.own.insert(names.pubsub.clone());
         self.interest.subscribed(channel);
         match self.sequencer.position(channel) {
             Some(pos) => resync(self, link, channel, pos).await.then_some(()).ok_or("resynchronisation failed")?,
@@ -354,6 +360,7 @@ impl Node {
                         let mut conn = s.link.conn.clone();
                         match tokio::time::timeout(RESPONSE_TIMEOUT, conn.ssubscribe(&name)).await {
                             Ok(Ok(())) => {
+                                self.own.insert(name);
                                 to_resync.insert(channel);
                             }
                             // The slot is still moving: again at the next tick.
@@ -398,7 +405,9 @@ impl Node {
             // Subscriptions redis-rs moved by itself after a topology change: what was
             // published meanwhile is in the streams.
             PushKind::SSubscribe => {
-                if let Addressed::Channel(c) = addressed {
+                if !self.own.remove(&name)
+                    && let Addressed::Channel(c) = addressed
+                {
                     to_resync.insert(c);
                 }
                 return Ok(());
@@ -472,6 +481,8 @@ impl Node {
                     let (link, slot) = (s.link.clone(), slot_of(p.channel.as_bytes()));
                     tokio::spawn(async move {
                         if let Err(e) = link.route(&cmd, slot).await {
+                            // A probe that cannot even be sent failed too.
+                            link.metrics.redis.probes_failed.fetch_add(1, Relaxed);
                             link.failed(&e);
                         }
                     });

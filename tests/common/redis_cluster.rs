@@ -71,6 +71,23 @@ impl ClusterMaster {
     }
 }
 
+impl ClusterMaster {
+    /// SIGSTOP by PID: the master keeps its sockets open and answers nothing (a hung
+    /// server, or a network that silently drops everything).
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT by PID.
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+    }
+}
+
 impl Drop for ClusterMaster {
     fn drop(&mut self) {
         self.kill();
