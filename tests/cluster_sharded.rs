@@ -403,6 +403,11 @@ fn channel_churn_is_bounded() {
     wait_until(Duration::from_secs(20), "the churned channels unsubscribed", || {
         a.metric("crier_redis_subscribed_channels", &[]) == Some(2.0)
     });
+    // And Redis agrees: no master has a subscriber left on any of them.
+    for m in &cluster.masters {
+        let left = m.cli(&["pubsub", "shardchannels", "{crier:churn*"]);
+        assert!(left.trim().is_empty(), "still subscribed on {}: {left}", m.port);
+    }
     for i in 1..=sent {
         assert_eq!(next_env(&mut steady).payload, format!("s{i}"));
     }
