@@ -10,7 +10,8 @@
 #   loadtest/targets.sh storm         19,000 connections drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
-#                                     (--redis); the `latency` numbers to compare: CONNECTIONS=1000 with REDIS=0
+#                                     (--redis; SHARDED=1: a three-master Redis Cluster); the numbers to compare:
+#                                     REDIS=0 (single node)
 #   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers;
 #                                     SHARDED=1: through a local three-master Redis Cluster (--redis-cluster)
 #   loadtest/targets.sh cluster-foreign  two nodes; 10,000 msg/s (RATE) published on node b to 10 subscribers
@@ -184,8 +185,7 @@ multiproc)
 cluster-latency)
     redis=()
     if [ "${REDIS:-1}" != 0 ]; then
-        start_redis
-        redis=(--redis "$redis_url")
+        redis_args
     fi
     start_crier a --max-connections 19500 "${redis[@]}"
     [ "${#redis[@]}" -gt 0 ] && wait_redis_up a
