@@ -336,9 +336,9 @@ impl Node {
                         if self.interest.want(&channel) == Need::Subscribe
                             && let Err(e) = self.start_channel(&s.link, &channel).await
                         {
-                                let _ = ack.send(false);
-                                tracing::warn!("redis cluster: subscribing to {channel}: {e}");
-                                return "subscribing failed";
+                            let _ = ack.send(false);
+                            tracing::warn!("redis cluster: subscribing to {channel}: {e}");
+                            return "subscribing failed";
                         }
                         let _ = ack.send(true);
                     }
