@@ -14,12 +14,17 @@
 #   loadtest/targets.sh storm         19,000 connections (SRC_IPS=K, default 4; CONNECT_RATE=R, default 5000/s) drop and reconnect at once: time until all are back
 #   loadtest/targets.sh soak          10,000 connections, 256 B at 10 msg/s for 10 minutes: RSS must stay flat
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
-#                                     (--redis); the `latency` numbers to compare: CONNECTIONS=1000 with REDIS=0
-#   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers
+#                                     (--redis; SHARDED=1: a three-master Redis Cluster); the numbers to compare:
+#                                     REDIS=0 (single node)
+#   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers;
+#                                     SHARDED=1: through a local three-master Redis Cluster (--redis-cluster)
 #   loadtest/targets.sh cluster       100,000 connections (CONNECTIONS=N) over 6 --redis nodes sharing one port and one
 #                                     redis-server, 2 msg/s each published once, on node 1: loss, latency, RSS per node
 #   loadtest/targets.sh cluster-throughput   the throughput run (CONNECTIONS=N, RATE=R) on one node, single-node then --redis, alternating,
 #                                     RUNS times (default 2): deliveries per server and per shard CPU-second
+#   loadtest/targets.sh cluster-foreign  two nodes; 10,000 msg/s (RATE) published on node b to 10 subscribers
+#                                     of b; node a has none: a's CPU is what traffic it does not need costs
+#                                     it (--redis: the pattern brings it all; SHARDED=1: per-channel SSUBSCRIBE)
 #
 # Extra arguments go to crier-load; crier takes its settings from CRIER_<NAME> environment
 # variables (e.g. CRIER_FLUSH_DELAY=50ms). NICE=-10 runs crier, redis-server and crier-load
@@ -67,6 +72,46 @@ start_redis() {
         sleep 0.05
     done
     redis_url="redis://127.0.0.1:$rport/"
+}
+
+# start_redis_cluster: three throw-away cluster-enabled redis-servers on CPU 1, joined into one
+# Redis Cluster (no replicas); sets cluster_seeds.
+start_redis_cluster() {
+    local base=${REDIS_PORT:-17100} seeds=() addrs=()
+    for i in 0 1 2; do
+        local p=$((base + i))
+        mkdir -p "$work/rc$i"
+        taskset -c 1 redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file nodes.conf --save '' --appendonly no --dir "$work/rc$i" \
+            >"$work/rc$i.log" 2>&1 &
+        pids+=("$!")
+        for _ in $(seq 200); do
+            [ "$(redis-cli -p "$p" ping 2>/dev/null)" = PONG ] && break
+            sleep 0.05
+        done
+        addrs+=("127.0.0.1:$p")
+        seeds+=("redis://127.0.0.1:$p")
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$work/rc-create.log"
+    for i in 0 1 2; do
+        for _ in $(seq 400); do
+            redis-cli -p $((base + i)) cluster info | grep -q cluster_state:ok && break
+            sleep 0.05
+        done
+    done
+    cluster_seeds=$(IFS=,; echo "${seeds[*]}")
+}
+
+# redis_args: --redis (a local redis-server) or, with SHARDED=1, --redis-cluster (a local
+# three-master Redis Cluster); sets redis.
+redis_args() {
+    if [ "${SHARDED:-0}" = 1 ]; then
+        start_redis_cluster
+        redis=(--redis-cluster "$cluster_seeds")
+    else
+        start_redis
+        redis=(--redis "$redis_url")
+    fi
 }
 
 # wait_redis_up NAME: polls crier NAME's /metrics until its cluster thread is connected.
@@ -291,8 +336,7 @@ multiproc)
 cluster-latency)
     redis=()
     if [ "${REDIS:-1}" != 0 ]; then
-        start_redis
-        redis=(--redis "$redis_url")
+        redis_args
     fi
     start_crier a --max-connections 19500 "${redis[@]}"
     [ "${#redis[@]}" -gt 0 ] && wait_redis_up a
@@ -301,8 +345,8 @@ cluster-latency)
     counters a
     ;;
 cluster-rate)
-    start_redis
-    start_crier a --max-connections 19500 --redis "$redis_url"
+    redis_args
+    start_crier a --max-connections 19500 "${redis[@]}"
     wait_redis_up a
     "$load" --url "$url" -n 10 --connect-rate 5000 --rate "${RATE:-50000}" --size 256 --duration 10s \
         --publish-socket "$work/a.sock" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
@@ -394,6 +438,21 @@ cluster-throughput)
     echo
     echo "=== summary"
     printf '%s\n' "${summary[@]}"
+    ;;
+cluster-foreign)
+    redis_args
+    # Node a listens on another port and gets no subscriber; crier-load's subscribers and
+    # publisher use node b.
+    port=$((port + 1))
+    start_crier a --max-connections 1000 "${redis[@]}"
+    a_pid=${pids[-1]}
+    port=$((port - 1))
+    start_crier b --max-connections 1000 "${redis[@]}"
+    wait_redis_up a
+    wait_redis_up b
+    "$load" --url "$url" -n 10 --channels feed --connect-rate 5000 --rate "${RATE:-10000}" --size 256 --duration 10s \
+        --publish-socket "$work/b.sock" --server-pid "$a_pid" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
+    counters b
     ;;
 *)
     echo "unknown target '$target'" >&2

@@ -37,7 +37,8 @@ command -v shellcheck >/dev/null 2>&1 || apt_missing+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 command -v nginx >/dev/null 2>&1 || apt_missing+=(nginx-light)
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
-# redis-server and redis-cli for the cluster-mode tests (real Redis on loopback ports).
+# redis-server and redis-cli (>= 7) for the cluster-mode tests (real Redis on loopback ports:
+# standalone, and a three-master Redis Cluster for tests/cluster_sharded.rs).
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
 # HAProxy for tests/proxy.rs (the PROXY protocol from a real L4 balancer, send-proxy-v2).

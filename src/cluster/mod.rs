@@ -16,11 +16,15 @@
 //! What this module must never do: number a message itself, or deliver a channel's
 //! messages out of seq order.
 
+pub mod interest;
 pub mod publish_client;
 pub mod redis_thread;
 pub mod resume;
 pub mod script;
 pub mod sequencer;
+pub mod sharded;
+pub mod slot_publish;
+pub mod slots;
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,11 @@ pub struct RedisConfig {
     pub stream_ttl: Duration,
     /// TTL of each channel's meta hash (`--redis-meta-ttl`).
     pub meta_ttl: Duration,
+    /// `--redis-cluster`: the seed URLs of a Redis Cluster (sharded pub/sub); `None` for
+    /// `--redis` (one standalone Redis at `url`).
+    pub cluster: Option<Vec<String>>,
+    /// `--redis-unsubscribe-linger` (Redis Cluster only).
+    pub linger: Duration,
 }
 
 impl RedisConfig {
@@ -81,12 +90,63 @@ impl RedisConfig {
             stream_len: history_messages,
             stream_ttl: history_ttl,
             meta_ttl,
+            cluster: None,
+            linger: DEFAULT_LINGER,
         })
     }
 
-    /// The URL for logs: the password replaced by `***`.
+    /// The settings from `--redis` or `--redis-cluster` (at most one of them), `None` for a
+    /// single box.
+    pub fn from_settings(
+        redis: Option<&str>,
+        redis_cluster: Option<&str>,
+        prefix: &str,
+        history_messages: usize,
+        history_ttl: Duration,
+        meta_ttl: Duration,
+    ) -> Result<Option<Self>, String> {
+        match (redis, redis_cluster) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => {
+                Err("--redis and --redis-cluster (CRIER_REDIS, CRIER_REDIS_CLUSTER) exclude each other: \
+                 give --redis for one standalone Redis, --redis-cluster for the seed nodes of a Redis Cluster"
+                    .into())
+            }
+            (Some(url), None) => Self::new(url, prefix, history_messages, history_ttl, meta_ttl).map(Some),
+            (None, Some(seeds)) => {
+                let seeds: Vec<String> =
+                    seeds.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+                if seeds.is_empty() {
+                    return Err("--redis-cluster: expected one or more seed URLs, comma-separated \
+                         (redis://host:port,redis://host2:port)"
+                        .into());
+                }
+                let mut cfg = Self::new(&seeds[0], prefix, history_messages, history_ttl, meta_ttl)
+                    .map_err(|e| e.replacen("--redis ", "--redis-cluster ", 1))?;
+                for seed in &seeds[1..] {
+                    Self::new(seed, prefix, history_messages, history_ttl, meta_ttl)
+                        .map_err(|e| e.replacen("--redis ", "--redis-cluster ", 1))?;
+                }
+                cfg.url = seeds.join(",");
+                cfg.cluster = Some(seeds);
+                Ok(Some(cfg))
+            }
+        }
+    }
+
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Which flag these settings came from, for messages.
+    pub fn flag(&self) -> &'static str {
+        if self.cluster.is_some() { "--redis-cluster" } else { "--redis" }
+    }
+
+    /// The URL for logs: the password replaced by `***` (each seed's, with --redis-cluster).
     pub fn shown_url(&self) -> String {
-        masked(&self.url)
+        self.url.split(',').map(masked).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -99,6 +159,9 @@ fn masked(url: &str) -> String {
         None => format!("{scheme}://***@{host}"),
     }
 }
+
+/// `--redis-unsubscribe-linger`'s default.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 
 /// Why a publish got no seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +224,10 @@ pub struct Delivery {
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
     commands: flume::Sender<Command>,
+    /// Redis Cluster only: where shards report which channels they have subscribers for
+    /// (sharded pub/sub has no patterns, so the node SSUBSCRIBEs each such channel). A
+    /// queue of its own, so that the standalone thread never sees these.
+    interest: Option<flume::Sender<interest::Report>>,
 }
 
 impl ClusterHandle {
@@ -172,6 +239,29 @@ impl ClusterHandle {
         let _ =
             self.commands.send(Command::Publish { channel, kind, payload: Bytes::copy_from_slice(payload), reply: tx });
         rx
+    }
+
+    /// Redis Cluster (`--redis-cluster`): shards must report their channels' interest.
+    pub fn sharded(&self) -> bool {
+        self.interest.is_some()
+    }
+
+    /// A shard's first local subscriber of `channel` is coming: the answer is true once
+    /// this node's SSUBSCRIBE to it is in effect (at once if it already was), false when
+    /// Redis cannot be reached. Only with [`Self::sharded`].
+    pub fn want(&self, shard: usize, channel: ChannelName) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(q) = &self.interest {
+            let _ = q.send(interest::Report::Want { shard, channel, ack: tx });
+        }
+        rx
+    }
+
+    /// A shard's last local subscriber of `channel` left.
+    pub fn unwant(&self, shard: usize, channel: ChannelName) {
+        if let Some(q) = &self.interest {
+            let _ = q.send(interest::Report::Unwant { shard, channel });
+        }
     }
 
     /// Reads a channel's stream after `after`; `None` when Redis cannot be reached.
@@ -206,11 +296,22 @@ pub fn start(cfg: RedisConfig, metrics: std::sync::Arc<Metrics>) -> Result<(Clus
     let (commands, command_rx) = flume::unbounded();
     let (deliveries, delivery_rx) = flume::bounded(DELIVERY_QUEUE);
     metrics.redis.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
-    std::thread::Builder::new()
-        .name("crier-cluster".into())
-        .spawn(move || redis_thread::run(cfg, metrics, command_rx, deliveries))
-        .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
-    Ok((ClusterHandle { commands }, delivery_rx))
+    let builder = std::thread::Builder::new().name("crier-cluster".into());
+    let interest = if cfg.cluster.is_some() {
+        // Bounded by channels with subscribers: a shard reports a channel only on its
+        // first local subscriber and its last (see interest.rs).
+        let (tx, rx) = flume::unbounded();
+        builder
+            .spawn(move || sharded::run(cfg, metrics, command_rx, rx, deliveries))
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        Some(tx)
+    } else {
+        builder
+            .spawn(move || redis_thread::run(cfg, metrics, command_rx, deliveries))
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        None
+    };
+    Ok((ClusterHandle { commands, interest }, delivery_rx))
 }
 
 /// Writes the publisher's replies in command order: `replies` holds the immediate ones
@@ -230,8 +331,13 @@ pub async fn splice_replies(replies: &mut Vec<u8>, pending: &mut Vec<(usize, Pub
                 metrics.publish_error(PublishError::RedisOutcomeUnknown);
                 replies.extend_from_slice(b"-ERR redis outcome unknown\r\n");
             }
-            // The cluster thread is gone (only while the process exits): nothing was sent.
-            Ok(Err(PublishFailure::Unavailable)) | Err(_) => {
+            // The answer was dropped: a call the Redis Cluster session abandoned in flight
+            // (it was sent and may have run), or the cluster thread is gone (process exit).
+            Err(_) => {
+                metrics.publish_error(PublishError::RedisOutcomeUnknown);
+                replies.extend_from_slice(b"-ERR redis outcome unknown\r\n");
+            }
+            Ok(Err(PublishFailure::Unavailable)) => {
                 metrics.publish_error(PublishError::RedisUnavailable);
                 replies.extend_from_slice(b"-ERR redis unavailable\r\n");
             }
@@ -257,6 +363,17 @@ mod tests {
         assert!(e.contains("--history-messages"), "{e}");
         let e = RedisConfig::new("redis://h", "crier", 64, ttl, Duration::from_secs(1)).unwrap_err();
         assert!(e.contains("--redis-meta-ttl"), "{e}");
+        let both = RedisConfig::from_settings(Some("redis://a"), Some("redis://b"), "crier", 64, ttl, day);
+        let e = both.unwrap_err();
+        assert!(e.contains("--redis ") && e.contains("--redis-cluster"), "{e}");
+        let c = RedisConfig::from_settings(None, Some("redis://a:1, redis://b:2"), "crier", 64, ttl, day);
+        let c = c.unwrap().unwrap();
+        assert_eq!(c.cluster.as_deref(), Some(&["redis://a:1".to_string(), "redis://b:2".to_string()][..]));
+        assert_eq!(c.flag(), "--redis-cluster");
+        let e = RedisConfig::from_settings(None, Some("redis://a:1,http://x"), "crier", 64, ttl, day).unwrap_err();
+        assert!(e.starts_with("--redis-cluster 'http://x'"), "{e}");
+        assert!(RedisConfig::from_settings(None, Some(" , "), "crier", 64, ttl, day).is_err());
+        assert!(RedisConfig::from_settings(None, None, "crier", 64, ttl, day).unwrap().is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `crier publish --redis URL`: publish through Redis with the publish script, from a box
-//! with no crier on it. Prints each seq as `crier publish` does; exits 1 when Redis refuses
+//! `crier publish --redis URL` (or `--redis-cluster URLS`): publish through Redis with the
+//! publish script, from a box with no crier on it. Prints each seq as `crier publish` does; exits 1 when Redis refuses
 //! or a message is invalid, 2 when Redis cannot be reached or the input cannot be read.
 
 use std::io::{BufRead, Read, Write};
@@ -18,15 +18,16 @@ use crate::ws::frame::MessageKind;
 const BATCH: usize = 128;
 
 pub fn run(args: &PublishArgs) -> ExitCode {
-    let url = args.redis.clone().unwrap_or_default();
-    let cfg = match RedisConfig::new(
-        &url,
+    let cfg = match RedisConfig::from_settings(
+        args.redis.as_deref(),
+        args.redis_cluster.as_deref(),
         &args.redis_prefix,
         args.history_messages,
         args.history_ttl,
         args.redis_meta_ttl,
     ) {
-        Ok(c) => c,
+        Ok(Some(c)) => c,
+        Ok(None) => unreachable!("called with --redis or --redis-cluster"),
         Err(e) => {
             eprintln!("crier publish: {e}");
             return ExitCode::from(2);
@@ -57,32 +58,70 @@ fn check(kind: MessageKind, payload: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The connection: one standalone Redis, or a Redis Cluster (every call of one channel
+/// goes to the master of its slot).
+enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection, u16),
+}
+
+impl Conn {
+    async fn open(cfg: &RedisConfig, channel: &ChannelName) -> Result<Self, String> {
+        let shown = cfg.shown_url();
+        let timeout = Duration::from_secs(5);
+        if let Some(seeds) = &cfg.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                .retries(0)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| format!("--redis-cluster {shown}: {e}"))?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| format!("cannot reach the Redis Cluster at {shown}: {e}"))?;
+            let slot = super::slots::slot_of(script::Names::new(&cfg.prefix, channel).pubsub.as_bytes());
+            return Ok(Self::Cluster(conn, slot));
+        }
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("--redis {shown}: {e}"))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot reach Redis at {shown}: {e}"))?;
+        Ok(Self::Single(conn))
+    }
+
+    async fn query(&mut self, cmd: redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c, slot) => c.route_command(cmd, super::slot_publish::master_of(*slot)).await,
+        }
+    }
+}
+
 async fn publish(args: &PublishArgs, cfg: &RedisConfig, channel: ChannelName, kind: MessageKind) -> ExitCode {
     let shown = cfg.shown_url();
-    let client = match redis::Client::open(cfg.url.as_str()) {
+    let mut conn = match Conn::open(cfg, &channel).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("crier publish: --redis {shown}: {e}");
+            eprintln!("crier publish: {e}");
             return ExitCode::from(2);
         }
     };
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut conn = match client.get_multiplexed_async_connection_with_config(&config).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("crier publish: cannot reach Redis at {shown}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sha: String = match redis::cmd("SCRIPT").arg("LOAD").arg(script::PUBLISH_LUA).query_async(&mut conn).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crier publish: SCRIPT LOAD on {shown}: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut load = redis::cmd("SCRIPT");
+    load.arg("LOAD").arg(script::PUBLISH_LUA);
+    let sha: String =
+        match conn.query(load).await.and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("crier publish: SCRIPT LOAD on {shown}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let pubcmd = if cfg.cluster.is_some() { "spublish" } else { "publish" };
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     if args.lines {
         for line in std::io::stdin().lock().split(b'\n') {
@@ -131,11 +170,11 @@ async fn publish(args: &PublishArgs, cfg: &RedisConfig, channel: ChannelName, ki
             .arg(cfg.stream_len)
             .arg(cfg.stream_ttl.as_millis() as u64)
             .arg(cfg.meta_ttl.as_millis() as u64)
-            .arg("publish");
+            .arg(pubcmd);
         for a in &argv {
             cmd.arg(&a[..]);
         }
-        let reply: redis::Value = match cmd.query_async(&mut conn).await {
+        let reply: redis::Value = match conn.query(cmd).await {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("crier publish: refused: redis unavailable ({e})");

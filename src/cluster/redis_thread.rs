@@ -392,7 +392,7 @@ async fn dispatch(link: &Link, cmd: redis::Cmd, batch: Vec<Pending>, permit: Own
 /// (`READONLY`, `MASTERDOWN`: a replica), proves nothing was published; a broken connection or a timeout leaves the call's
 /// fate unknown, and so does an error raised inside the script (Redis keeps the writes it
 /// made before the error).
-fn failure_of(e: &redis::RedisError) -> PublishFailure {
+pub(super) fn failure_of(e: &redis::RedisError) -> PublishFailure {
     let refused_before_running = matches!(e.code(), Some("NOSCRIPT" | "BUSY" | "LOADING" | "MASTERDOWN" | "READONLY"));
     if refused_before_running { PublishFailure::Unavailable } else { PublishFailure::Unknown }
 }

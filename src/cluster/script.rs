@@ -149,6 +149,43 @@ pub fn parse_entry(v: &redis::Value) -> Option<(u64, MessageKind, Bytes)> {
     Some((seq, kind?, data?))
 }
 
+/// The read of a channel's meta and its stream entries `from..=to` (`to` None: to the
+/// end), in one MULTI so that the entries belong to the epoch read.
+pub fn fetch_pipe(names: &Names, from: u64, to: Option<u64>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("HMGET").arg(&names.meta).arg("e").arg("s");
+    let end = to.map_or_else(|| "+".to_string(), |t| format!("{t}-0"));
+    pipe.cmd("XRANGE").arg(&names.stream).arg(format!("{from}-0")).arg(end);
+    pipe
+}
+
+/// The read of a channel for a Redis Cluster: the same as [`fetch_pipe`], as one script
+/// (EVAL: atomic, and one command, so it can follow a migrating slot's ASK).
+pub const FETCH_LUA: &str =
+    "return {redis.call('hmget', KEYS[1], 'e', 's'), redis.call('xrange', KEYS[2], ARGV[1], ARGV[2])}";
+
+pub fn fetch_cmd(names: &Names, from: u64, to: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    let end = to.map_or_else(|| "+".to_string(), |t| format!("{t}-0"));
+    cmd.arg(FETCH_LUA).arg(2).arg(&names.meta).arg(&names.stream).arg(format!("{from}-0")).arg(end);
+    cmd
+}
+
+/// Reads the answer to [`fetch_pipe`] or [`fetch_cmd`]: the epoch (None: Redis holds no state), the last
+/// seq, and the entries.
+pub fn parse_fetched(reply: &[redis::Value]) -> Option<super::Fetched> {
+    let [meta, entries] = reply else { return None };
+    let redis::Value::Array(meta) = meta else { return None };
+    let epoch = meta.first().and_then(as_u64);
+    let head = meta.get(1).and_then(as_u64).unwrap_or(0);
+    let entries = match entries {
+        redis::Value::Array(items) => items.iter().filter_map(parse_entry).collect(),
+        _ => Vec::new(),
+    };
+    Some(super::Fetched { epoch, head, entries })
+}
+
 /// Adds one message's keys and arguments to a script call under construction.
 pub fn push_message(
     keys: &mut Vec<String>,

@@ -72,6 +72,18 @@ impl Sequencer {
         }
     }
 
+    /// Redis Cluster: a channel just subscribed starts at the head Redis holds (epoch 0
+    /// when Redis has no state for it: its first message, seq 1, then delivers, and a later
+    /// one reveals what was missed).
+    pub fn start(&mut self, channel: &ChannelName, position: Position) {
+        self.channels.insert(channel.clone(), position);
+    }
+
+    /// Redis Cluster: the node unsubscribed from `channel`; what it knew is stale.
+    pub fn forget(&mut self, channel: &ChannelName) {
+        self.channels.remove(channel);
+    }
+
     /// Records that `(seq, epoch)` was delivered.
     pub fn delivered(&mut self, channel: &ChannelName, seq: u64, epoch: u64) {
         match self.channels.get_mut(channel) {
@@ -106,5 +118,12 @@ mod tests {
         assert_eq!(s.position(&b), Some(Position { epoch: 9, seq: 11 }), "read back from 12");
         s.missed(&b, 14, 9);
         assert_eq!(s.position(&b), Some(Position { epoch: 9, seq: 11 }), "the earliest miss counts");
+        // Subscribed while Redis held nothing for the channel: seq 1 delivers, 3 repairs.
+        let b = ChannelName::parse("b").unwrap();
+        s.start(&b, Position { epoch: 0, seq: 0 });
+        assert_eq!(s.check(&b, 1, 5), Verdict::Deliver);
+        assert_eq!(s.check(&b, 3, 5), Verdict::Missing { from: 1, to: 2 });
+        s.forget(&b);
+        assert_eq!(s.position(&b), None);
     }
 }

@@ -34,6 +34,19 @@ pub(super) fn file_args(
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Float(f) => f.to_string(),
+            // A list of seed URLs: `redis-cluster = ["redis://a:7000", "redis://b:7001"]`.
+            toml::Value::Array(items) if key == "redis-cluster" => {
+                let urls: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+                match urls {
+                    Some(urls) => urls.join(","),
+                    None => {
+                        return Err(format!(
+                            "config file {}: setting 'redis-cluster' must be a string or a list of URL strings",
+                            path.display()
+                        ));
+                    }
+                }
+            }
             other => {
                 return Err(format!(
                     "config file {}: setting '{key}' must be a string, number or boolean, not {}",

@@ -257,6 +257,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
     pub redis: Option<String>,
 
+    /// Cluster mode over a Redis Cluster (Redis >= 7, sharded pub/sub): seed URLs,
+    /// comma-separated (`redis://host:port,redis://host2:port`); the rest of the cluster is
+    /// found from them. Not with --redis. [default: off]
+    #[arg(long, env = "CRIER_REDIS_CLUSTER", value_name = "URL[,URL...]")]
+    pub redis_cluster: Option<String>,
+
+    /// With --redis-cluster: how long this node stays SSUBSCRIBEd to a channel after its
+    /// last local subscriber left, so that a client reconnecting at once finds it subscribed.
+    #[arg(long, env = "CRIER_REDIS_UNSUBSCRIBE_LINGER", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub redis_unsubscribe_linger: Duration,
+
     /// Namespace of crier's keys and pub/sub channels in Redis, so several crier clusters
     /// can share one Redis.
     #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
@@ -316,6 +327,10 @@ pub struct PublishArgs {
     /// socket; the nodes of that cluster deliver it.
     #[arg(long, env = "CRIER_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// Publish straight through this Redis Cluster (seed URLs, comma-separated), as
+    /// `crier serve --redis-cluster` nodes do. Not with --redis.
+    #[arg(long, env = "CRIER_REDIS_CLUSTER", value_name = "URL[,URL...]")]
+    pub redis_cluster: Option<String>,
     /// With --redis: the cluster's --redis-prefix.
     #[arg(long, env = "CRIER_REDIS_PREFIX", default_value = "crier", value_name = "PREFIX")]
     pub redis_prefix: String,
@@ -535,23 +550,20 @@ impl ServeArgs {
         if socket_send_buffer.is_some_and(|b| b < 1024) {
             return err("--socket-send-buffer must be at least 1KiB".into());
         }
-        if self.echo && self.redis.is_some() {
-            return err("--echo and --redis cannot be used together: echo mode is for conformance testing of one server (tests/autobahn.rs), cluster mode for production".into());
+        if self.echo && (self.redis.is_some() || self.redis_cluster.is_some()) {
+            return err("--echo and --redis (or --redis-cluster) cannot be used together: echo mode is for conformance testing of one server (tests/autobahn.rs), cluster mode for production".into());
         }
         // Cluster mode: the URL and prefix are checked here so a typo stops start-up.
-        let redis = match &self.redis {
-            None => None,
-            Some(url) => Some(
-                crate::cluster::RedisConfig::new(
-                    url,
-                    &self.redis_prefix,
-                    self.history_messages,
-                    self.history_ttl,
-                    self.redis_meta_ttl,
-                )
-                .map_err(ConfigError)?,
-            ),
-        };
+        let redis = crate::cluster::RedisConfig::from_settings(
+            self.redis.as_deref(),
+            self.redis_cluster.as_deref(),
+            &self.redis_prefix,
+            self.history_messages,
+            self.history_ttl,
+            self.redis_meta_ttl,
+        )
+        .map_err(ConfigError)?
+        .map(|c| c.with_linger(self.redis_unsubscribe_linger));
         let peer = self.peer.resolve().map_err(ConfigError)?;
         let access = self.access.clone().resolve()?;
         let log_filter =

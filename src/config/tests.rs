@@ -45,6 +45,25 @@ fn config_file_fills_defaults_only() {
 }
 
 #[test]
+fn redis_cluster_seeds_from_a_toml_list() {
+    let dir = std::env::temp_dir().join(format!("crier-cfg-rc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "redis-cluster = [\"redis://a:7000\", \"redis://b:7001\"]\n").unwrap();
+    let f = file.to_str().unwrap();
+    let c = serve(&["--config", f]).unwrap().resolve().unwrap();
+    let redis = c.redis.unwrap();
+    assert_eq!(redis.cluster.unwrap(), ["redis://a:7000", "redis://b:7001"]);
+    std::fs::write(&file, "redis-cluster = [1, 2]\n").unwrap();
+    let e = serve(&["--config", f]).unwrap_err().to_string();
+    assert!(e.contains("'redis-cluster' must be a string or a list of URL strings"), "{e}");
+    std::fs::write(&file, "redis = \"redis://a:1\"\nredis-cluster = \"redis://b:2\"\n").unwrap();
+    let e = serve(&["--config", f]).unwrap().resolve().unwrap_err();
+    assert!(e.0.contains("--redis and --redis-cluster"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn relations_are_checked() {
     let e = serve(&["--ping-interval", "1m", "--idle-timeout", "30s"]).unwrap().resolve().unwrap_err();
     assert!(e.0.contains("--idle-timeout"), "{e}");

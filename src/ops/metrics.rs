@@ -51,6 +51,7 @@ labelled!(
         TokenExpired => "token_expired",
         ChannelForbidden => "channel_forbidden",
         OriginForbidden => "origin_forbidden",
+        RedisUnavailable => "redis_unavailable",
     }
 );
 
@@ -175,6 +176,9 @@ pub struct RedisMetrics {
     pub probes_failed: AtomicU64,
     /// Times this node fell behind what Redis sent it and re-subscribed (see README).
     pub fell_behind: AtomicU64,
+    /// Redis Cluster: channels this node is SSUBSCRIBEd to, or subscribing to (the
+    /// broadcast channel included; probes not).
+    pub subscribed_channels: AtomicU64,
     /// Round trip of publish script calls, in µs, one sample per message.
     pub publish_latency: Mutex<Option<Histogram<u64>>>,
 }
@@ -190,6 +194,7 @@ impl RedisMetrics {
             resume_fetched: AtomicU64::new(0),
             probes_failed: AtomicU64::new(0),
             fell_behind: AtomicU64::new(0),
+            subscribed_channels: AtomicU64::new(0),
             publish_latency: Mutex::new(None),
         }
     }
@@ -482,6 +487,12 @@ impl Metrics {
             "counter",
             "Times the node could not keep up with Redis and re-subscribed, reading the streams.",
             r.fell_behind.load(Relaxed),
+        );
+        one(
+            "crier_redis_subscribed_channels",
+            "gauge",
+            "Redis Cluster: channels this node is SSUBSCRIBEd to (those with local subscribers, the lingering ones, the broadcast channel).",
+            r.subscribed_channels.load(Relaxed),
         );
         let _ = writeln!(
             o,

@@ -17,8 +17,8 @@ pub fn run(args: &PublishArgs) -> ExitCode {
         eprintln!("crier publish: refused: bad channel name '{}': {e}", args.channel);
         return ExitCode::from(1);
     }
-    if args.redis.is_some() {
-        // `--redis`: straight through Redis, no local crier needed (src/cluster/).
+    if args.redis.is_some() || args.redis_cluster.is_some() {
+        // `--redis` / `--redis-cluster`: straight through Redis, no local crier needed (src/cluster/).
         return crate::cluster::publish_client::run(args);
     }
     let path = match &args.publish_socket {

@@ -96,6 +96,12 @@ impl History {
         }
     }
 
+    /// Drops everything held of `channel` (Redis Cluster: the shard's last subscriber of it
+    /// left, and the node may stop receiving it, so what is held would get a hole).
+    pub fn forget(&mut self, channel: &ChannelName) {
+        self.channels.remove(channel);
+    }
+
     /// Drops messages older than the TTL (called from the shard's sweep).
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.limits.ttl;

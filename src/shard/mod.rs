@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod fanout;
 pub mod history;
+pub mod interest;
 pub mod outbound;
 pub mod runtime;
 pub(crate) mod session;
@@ -92,6 +93,8 @@ pub struct Shard {
     /// Cluster mode (`--redis`): the cluster thread, for resumes local history cannot
     /// satisfy. Given by `server`, like everything else a shard uses.
     cluster: Option<ClusterHandle>,
+    /// Redis Cluster: the channels this shard has subscribers for (see interest.rs).
+    interest: interest::LocalInterest,
 }
 
 impl Shard {
@@ -133,6 +136,7 @@ impl Shard {
             inbox,
             requeue,
             cluster,
+            interest: interest::LocalInterest::default(),
             stopped: Cell::new(false),
             me: me.clone(),
         })
@@ -201,9 +205,11 @@ impl Shard {
     /// Cluster mode only: for each channel of a `since=` resume that local history cannot
     /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
     async fn fetch_for_resume(&self, channels: &[ChannelName], upgrade: &Upgrade) -> Vec<Option<Fetched>> {
-        let (Some(cluster), Some(since)) = (&self.cluster, &upgrade.since) else {
-            return Vec::new();
-        };
+        let Some(cluster) = &self.cluster else { return Vec::new() };
+        if upgrade.since.is_none() && upgrade.last > 0 && cluster.sharded() {
+            return self.fetch_for_last(cluster, channels, upgrade.last).await;
+        }
+        let Some(since) = &upgrade.since else { return Vec::new() };
         let mut out = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             self.apply_pending();
@@ -229,6 +235,23 @@ impl Shard {
         out
     }
 
+    /// Redis Cluster: a shard holds history only since its first subscriber of a channel
+    /// (see interest.rs), so `last=N` reads the stream where the shard holds fewer than N.
+    async fn fetch_for_last(
+        &self,
+        cluster: &ClusterHandle,
+        channels: &[ChannelName],
+        last: usize,
+    ) -> Vec<Option<Fetched>> {
+        let mut out = Vec::with_capacity(channels.len());
+        for ch in channels {
+            self.apply_pending();
+            let held = self.history.borrow().held_after(ch, 0, Instant::now()).len();
+            out.push(if held < last { cluster.fetch(ch.clone(), 0).await } else { None });
+        }
+        out
+    }
+
     /// Queues notices and history for `since=` / `last=`.
     fn replay(&self, conn: &Rc<Conn>, channels: &[ChannelName], upgrade: &Upgrade, mut remote: Vec<Option<Fetched>>) {
         if upgrade.since.is_none() && upgrade.last == 0 {
@@ -250,6 +273,14 @@ impl Shard {
             };
             let fetched = remote.get_mut(i).and_then(Option::take);
             let from_redis = match (fetched, &upgrade.since) {
+                // `last=N` from the stream (Redis Cluster): the N before its head, no notice
+                // (as `last=` on a single box: what is held, up to N).
+                (Some(f), None) => {
+                    let (after, epoch) = (f.head.saturating_sub(upgrade.last as u64), f.epoch.unwrap_or(0));
+                    let held = history.held_after(ch, 0, now);
+                    crate::cluster::resume::plan(ch, after, epoch, f, held, &self.encoder, &self.metrics)
+                        .map(|r| crate::cluster::resume::RemotePlan { notice: None, ..r })
+                }
                 (Some(f), Some(s)) => crate::cluster::resume::plan(
                     ch,
                     s.seqs[i],
@@ -297,13 +328,42 @@ impl Shard {
         }
     }
 
+    /// Redis Cluster: counts a connection in on its channels, waiting (at most `timeout`)
+    /// until the node is subscribed to each. False: Redis cannot be reached, the connection
+    /// is refused (and counted out again). True at once without `--redis-cluster`.
+    pub async fn join_channels(&self, channels: &[ChannelName], timeout: Duration) -> bool {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.sharded()) else { return true };
+        let joined = monoio::time::timeout(timeout, self.interest.join(self.id, cluster, channels)).await;
+        if joined != Ok(true) {
+            self.leave_channels(channels.iter());
+            return false;
+        }
+        true
+    }
+
+    /// Redis Cluster: counts a connection out of its channels; a channel left with no
+    /// subscriber here loses its history on this shard (it may stop being subscribed).
+    pub fn leave_channels<'a>(&self, channels: impl Iterator<Item = &'a ChannelName>) {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.sharded()) else { return };
+        let mut history = self.history.borrow_mut();
+        for ch in self.interest.leave(self.id, cluster, channels) {
+            history.forget(&ch);
+        }
+    }
+
     /// Takes a finished connection out of the tables.
     pub fn remove(&self, conn: &Rc<Conn>, reason: CloseReason) {
         conn.abort();
         let membership = conn.take_membership();
+        let channels: Vec<ChannelName> = if self.cluster.as_ref().is_some_and(ClusterHandle::sharded) {
+            membership.channels.iter().map(|(c, _)| c.clone()).collect()
+        } else {
+            Vec::new()
+        };
         if !self.subscribers.borrow_mut().remove(membership) {
             return;
         }
+        self.leave_channels(channels.iter());
         let stats = self.stats();
         stats.connections.fetch_sub(1, Relaxed);
         stats.closed[reason as usize].fetch_add(1, Relaxed);
@@ -371,10 +431,15 @@ impl Shard {
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
         self.stats().queued_bytes.fetch_sub(b.size(), Relaxed);
+        // Redis Cluster: history only of channels this node has stayed subscribed to since
+        // the shard's first subscriber of it (see interest.rs).
+        let sharded = self.cluster.as_ref().is_some_and(ClusterHandle::sharded);
         let before = {
             let mut history = self.history.borrow_mut();
             let before = history.epoch_of(&b.channel);
-            history.record(b);
+            if !sharded || b.channel.is_broadcast() || self.interest.contains(&b.channel) {
+                history.record(b);
+            }
             before
         };
         if before.is_some_and(|e| e != b.epoch) {

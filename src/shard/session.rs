@@ -186,6 +186,7 @@ fn refuse_reason(e: &HandshakeError) -> Option<RefuseReason> {
         HandshakeError::Draining => RefuseReason::Draining,
         HandshakeError::AddressConnections => RefuseReason::IpConnections,
         HandshakeError::AddressRate => RefuseReason::IpHandshakeRate,
+        HandshakeError::RedisUnavailable => RefuseReason::RedisUnavailable,
         HandshakeError::ClientScript => return None,
     })
 }
@@ -229,6 +230,11 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
         Err(refusal) => return send_refusal(&shard, &stream, Some(refusal.reason()), &refusal.response()).await,
     };
     drop(credentials);
+    // Redis Cluster: the node is SSUBSCRIBEd to every channel before the 101 (see
+    // shard/interest.rs), so nothing published after the client's 101 passes it by.
+    if !shard.join_channels(&upgrade.channels, timeout).await {
+        return refuse(&shard, &stream, HandshakeError::RedisUnavailable).await;
+    }
     let metrics = &shard.metrics;
     metrics.open_connections.fetch_add(1, Relaxed);
     let response = handshake::response_101(&upgrade);
@@ -236,6 +242,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
         Ok(Ok(())) => {}
         _ => {
             metrics.open_connections.fetch_sub(1, Relaxed);
+            shard.leave_channels(upgrade.channels.iter());
             return;
         }
     }

@@ -102,6 +102,9 @@ pub enum HandshakeError {
     AddressConnections,
     #[error("too many connection attempts from your address, slow down")]
     AddressRate,
+    /// Redis Cluster: this node could not subscribe to a requested channel.
+    #[error("redis unavailable: cannot subscribe to the channel, try again later")]
+    RedisUnavailable,
     /// Not an error: `GET /crier.js` is answered with the browser client.
     #[error("the crier.js client")]
     ClientScript,
@@ -118,7 +121,9 @@ impl HandshakeError {
             HandshakeError::UpgradeRequired | HandshakeError::BadVersion => (426, "Upgrade Required"),
             HandshakeError::BadRequest(_) => (400, "Bad Request"),
             HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::RedisUnavailable => {
+                (503, "Service Unavailable")
+            }
             HandshakeError::AddressConnections | HandshakeError::AddressRate => (429, "Too Many Requests"),
             HandshakeError::ClientScript => (200, "OK"),
         }
@@ -136,9 +141,10 @@ impl HandshakeError {
             HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13")],
             HandshakeError::UpgradeRequired => &[("Upgrade", "websocket")],
             HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
-            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::AddressConnections => {
-                &[("Retry-After", "5")]
-            }
+            HandshakeError::OverCapacity
+            | HandshakeError::Draining
+            | HandshakeError::AddressConnections
+            | HandshakeError::RedisUnavailable => &[("Retry-After", "5")],
             HandshakeError::AddressRate => &[("Retry-After", "1")],
             _ => &[],
         };

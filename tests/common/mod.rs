@@ -18,6 +18,7 @@
 //! - `seccomp`: a Docker-like filter that blocks io_uring.
 //! - `readme`: the README's tables, read at test time.
 //! - `source`: clients from a chosen loopback address (127.0.0.2, …).
+//! - `redis_cluster`: a real three-master Redis Cluster on loopback ports.
 //!
 //! Test files keep `use common::*`: every part is re-exported here.
 #![allow(dead_code, unused_macros)]
@@ -151,3 +152,6 @@ pub use browser::*;
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+mod redis_cluster;
+#[allow(unused_imports)]
+pub use redis_cluster::*;
