@@ -472,7 +472,7 @@ fn a_flood_of_bad_tokens_costs_nothing_and_harms_no_one() {
 #[test]
 fn the_readme_example_works() {
     let readme = readme();
-    let section = &readme[readme.find("### Access control").expect("an Access control section")..];
+    let section = &readme[readme.find("## Access control").expect("an Access control section")..];
     let code = |lang: &str| {
         let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("a {lang} block")) + lang.len() + 4;
         section[start..start + section[start..].find("```").unwrap()].to_string()

@@ -802,3 +802,33 @@ fn a_node_that_falls_behind_stays_bounded() {
     assert!(grown < 64 << 20, "the slow node's RSS grew by {grown} bytes while {} MB went through Redis", N / 1000);
     fast.assert_running();
 }
+
+/// A resume that needs the stream while Redis is out of reach is refused with 503 (the
+/// client retries later), not answered with a `reset` or `gap` that would be false.
+#[test]
+fn resume_needing_redis_while_it_is_down_is_a_503_not_a_reset() {
+    let mut redis = Redis::start();
+    let a = node(&redis);
+    let mut p = a.publisher();
+    for i in 1..=3 {
+        assert_eq!(p.publish("r", format!("{i}").as_bytes(), false), i);
+    }
+    let mut sa = env_ws(&a, "/ws?channels=r&last=1");
+    wait_conns(&a, 1);
+    let epoch = next_env(&mut sa).epoch;
+    // A node that never saw the channel: only the stream can answer a resume of it.
+    let c = node(&redis);
+    redis.kill();
+    wait_until(Duration::from_secs(10), "crier_redis_up 0", || c.metric("crier_redis_up", &[]) == Some(0.0));
+    let Err(refused) = WsClient::connect_with(c.ws, &format!("/ws?channels=r&since={epoch}:1"), &[PROTOCOL]) else {
+        panic!("the resume must not be accepted while Redis cannot be read");
+    };
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.body_text().starts_with("redis unavailable"), "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(c.metric0("crier_connections_refused_total", &[("reason", "redis_unavailable")]) >= 1.0);
+    assert_eq!(c.metric0("crier_resumes_unsatisfied_total", &[("reason", "reset")]), 0.0, "no false reset");
+    // A fresh subscription needs nothing from Redis and is still served.
+    let _fresh = env_ws(&c, "/ws?channels=r");
+    wait_conns(&c, 1);
+}

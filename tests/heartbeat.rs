@@ -92,3 +92,44 @@ both_drivers! {
         assert_eq!(c.expect_text(), "alive");
     }
 }
+
+/// A client that keeps taking what it is sent is not idle, however late its pong: while
+/// a backlog is being written to it, our ping waits behind the data (as when a shard is
+/// behind on a busy box). Here the client reads a 10 MiB backlog at about 1.3 MiB/s, so
+/// the ping reaches it long after --idle-timeout; it is still served everything. Once the
+/// backlog is out and it answers nothing, the idle timeout applies as before.
+#[test]
+fn a_client_still_taking_a_backlog_is_not_idle() {
+    const MESSAGES: usize = 40;
+    let s = Server::builder(Driver::Epoll)
+        .args(["--ping-interval", "500ms", "--idle-timeout", "2s", "--max-queue-bytes", "64MiB"])
+        .start();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect_timeout(&s.ws.into(), IO_TIMEOUT).unwrap();
+    let mut c = WsClient::handshake(sock.into(), s.ws, "/ws?channels=big", &[]).unwrap_or_else(|r| panic!("{r:?}"));
+    s.wait_connections(1);
+    let mut p = s.publisher();
+    let body = vec![7u8; 256 * 1024];
+    for _ in 0..MESSAGES {
+        p.publish("big", &body, true);
+    }
+    let start = Instant::now();
+    for i in 0..MESSAGES {
+        let m = c.recv(IO_TIMEOUT).unwrap_or_else(|e| panic!("message {i} after {:?}: {e:?}", start.elapsed()));
+        assert_eq!(m.data.len(), body.len());
+        // Pacing, not waiting for readiness: a reader that takes ~1.3 MiB/s.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        start.elapsed() > Duration::from_secs(4),
+        "the backlog took {:?}: not past the idle timeout",
+        start.elapsed()
+    );
+    assert_eq!(s.metric0("crier_connections_closed_total", &[("reason", "idle_timeout")]), 0.0);
+    // Backlog gone, pings unanswered: now it is idle.
+    match c.wait_end(Duration::from_secs(6)) {
+        WsEnd::Close(Some(1001), _) | WsEnd::Eof | WsEnd::Reset => {}
+        other => panic!("the silent client should be closed once its backlog is out: {other:?}"),
+    }
+}

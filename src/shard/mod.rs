@@ -57,6 +57,10 @@ const BATCH_SHARE_OF_QUEUE: usize = 2;
 /// is cut off.
 const CLOSE_GRACE_MS: u64 = 2_000;
 
+/// A resume needed Redis and Redis could not be read (see [`Shard::fetch_for_resume`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RedisUnreachable;
+
 /// A shard's state, shared (`Rc`) by its tasks.
 pub struct Shard {
     pub id: usize,
@@ -182,12 +186,10 @@ impl Shard {
     /// replayed. Both happen here, on the shard's thread between two broadcasts, so the
     /// replay and the live stream meet without a hole or a duplicate.
     ///
-    /// Cluster mode: a resume that this shard's history cannot satisfy first reads the
-    /// channel's Redis stream (the only await here; the connection is not in the tables
-    /// yet, so nothing is delivered to it meanwhile).
-    pub async fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade) {
+    /// Cluster mode: `remote` is what [`Shard::fetch_for_resume`] read from Redis before
+    /// the 101 (what arrived since is in this shard's history, which the replay merges).
+    pub fn register(&self, conn: &Rc<Conn>, mut upgrade: Upgrade, remote: Vec<Option<Fetched>>) {
         let channels = std::mem::take(&mut upgrade.channels);
-        let remote = self.fetch_for_resume(&channels, &upgrade).await;
         self.replay(conn, &channels, &upgrade, remote);
         let membership = self.subscribers.borrow_mut().insert(conn.clone(), channels);
         conn.set_membership(membership);
@@ -202,14 +204,18 @@ impl Shard {
         }
     }
 
-    /// Cluster mode only: for each channel of a `since=` resume that local history cannot
-    /// satisfy, what the Redis stream holds (`None` where not needed or not reachable).
-    async fn fetch_for_resume(&self, channels: &[ChannelName], upgrade: &Upgrade) -> Vec<Option<Fetched>> {
-        let Some(cluster) = &self.cluster else { return Vec::new() };
+    /// Cluster mode only, before the 101: for each channel of a `since=` resume that local
+    /// history cannot satisfy, what the Redis stream holds (`None` where not needed).
+    /// `Err` when one was needed and Redis could not be read: the upgrade is then refused
+    /// with 503 (the client retries and resumes later), rather than answered with a
+    /// `reset` or `gap` that would be false.
+    pub async fn fetch_for_resume(&self, upgrade: &Upgrade) -> Result<Vec<Option<Fetched>>, RedisUnreachable> {
+        let channels = &upgrade.channels;
+        let Some(cluster) = &self.cluster else { return Ok(Vec::new()) };
         if upgrade.since.is_none() && upgrade.last > 0 && cluster.sharded() {
             return self.fetch_for_last(cluster, channels, upgrade.last).await;
         }
-        let Some(since) = &upgrade.since else { return Vec::new() };
+        let Some(since) = &upgrade.since else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(channels.len());
         for (i, ch) in channels.iter().enumerate() {
             self.apply_pending();
@@ -223,16 +229,14 @@ impl Shard {
                 out.push(None);
                 continue;
             }
-            let mut fetched = cluster.fetch(ch.clone(), since.seqs[i]).await;
-            if let Some(f) = &fetched
-                && f.epoch.is_some_and(|e| e != since.epochs[i])
-            {
+            let mut fetched = cluster.fetch(ch.clone(), since.seqs[i]).await.ok_or(RedisUnreachable)?;
+            if fetched.epoch.is_some_and(|e| e != since.epochs[i]) {
                 // Another epoch: the client gets a reset and everything held, from seq 1.
-                fetched = cluster.fetch(ch.clone(), 0).await;
+                fetched = cluster.fetch(ch.clone(), 0).await.ok_or(RedisUnreachable)?;
             }
-            out.push(fetched);
+            out.push(Some(fetched));
         }
-        out
+        Ok(out)
     }
 
     /// Redis Cluster: a shard holds history only since its first subscriber of a channel
@@ -242,14 +246,18 @@ impl Shard {
         cluster: &ClusterHandle,
         channels: &[ChannelName],
         last: usize,
-    ) -> Vec<Option<Fetched>> {
+    ) -> Result<Vec<Option<Fetched>>, RedisUnreachable> {
         let mut out = Vec::with_capacity(channels.len());
         for ch in channels {
             self.apply_pending();
             let held = self.history.borrow().held_after(ch, 0, Instant::now()).len();
-            out.push(if held < last { cluster.fetch(ch.clone(), 0).await } else { None });
+            out.push(if held < last {
+                Some(cluster.fetch(ch.clone(), 0).await.ok_or(RedisUnreachable)?)
+            } else {
+                None
+            });
         }
-        out
+        Ok(out)
     }
 
     /// Queues notices and history for `since=` / `last=`.

@@ -153,6 +153,15 @@ impl OutboundQueue {
         }
     }
 
+    /// Settles as [`OutboundQueue::peer_acked`] does, and says whether the client took any
+    /// byte since the last look: alive, even if its pong is late because ours waits behind
+    /// data (the idle check asks this of a quiet connection that still has frames queued).
+    pub fn peer_took(&mut self, acked: Option<u64>) -> bool {
+        let before = self.acked;
+        self.peer_acked(acked);
+        acked.is_some_and(|a| a != before)
+    }
+
     /// Bytes still to write.
     pub fn queued_bytes(&self) -> usize {
         self.total - self.head_written
@@ -345,6 +354,15 @@ mod tests {
         let mut got = [0u8; 6];
         b.read_exact(&mut got).unwrap();
         assert_eq!(q.pongs, MAX_PONGS - 1);
+    }
+
+    #[test]
+    fn peer_took_says_whether_the_client_took_bytes_since_the_last_look() {
+        let mut q = OutboundQueue::default();
+        assert!(q.peer_took(Some(100)), "the first look sees what it took since the start");
+        assert!(!q.peer_took(Some(100)), "nothing since");
+        assert!(q.peer_took(Some(130)));
+        assert!(!q.peer_took(None), "a kernel that does not tell proves nothing");
     }
 
     #[test]

@@ -235,6 +235,15 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
     if !shard.join_channels(&upgrade.channels, timeout).await {
         return refuse(&shard, &stream, HandshakeError::RedisUnavailable).await;
     }
+    // Cluster mode: a resume this shard's history cannot satisfy reads the stream now,
+    // before the 101, so that a Redis out of reach is a 503 to retry, not a false reset.
+    let remote = match monoio::time::timeout(timeout, shard.fetch_for_resume(&upgrade)).await {
+        Ok(Ok(remote)) => remote,
+        _ => {
+            shard.leave_channels(upgrade.channels.iter());
+            return refuse(&shard, &stream, HandshakeError::RedisUnavailable).await;
+        }
+    };
     let metrics = &shard.metrics;
     metrics.open_connections.fetch_add(1, Relaxed);
     let response = handshake::response_101(&upgrade);
@@ -248,7 +257,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, mut slot: Slot, peer: I
     }
     tracing::debug!(client = %client, peer = %peer, "upgraded");
     let conn = Rc::new(Conn::new(stream, upgrade.deflate, upgrade.envelope, shard.now_ms(), slot, grant));
-    shard.register(&conn, upgrade).await; // awaits only for a cluster-mode resume from Redis
+    shard.register(&conn, upgrade, remote);
     if !leftover.is_empty() {
         // The client sent frames right behind its request head.
         let mut leftover = leftover;

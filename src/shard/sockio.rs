@@ -77,6 +77,15 @@ pub async fn send_all(sock: &impl Waitable, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes written to the socket that the peer has not acknowledged yet (`SIOCOUTQ`): data
+/// still on its way, in the kernel's send queue. 0 if the kernel does not say.
+pub fn unacked_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if rc == 0 { n.max(0) as usize } else { 0 }
+}
+
 /// Bytes of ours the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1+): it grows only
 /// while the client takes what we send, since a client that stops reading closes its
 /// receive window. `None` if the kernel does not say.

@@ -33,7 +33,19 @@ impl Shard {
                         if conn.expired(unix_now) {
                             expired.push(conn.clone());
                         } else if now.saturating_sub(conn.last_seen()) >= idle_ms {
-                            idle.push(conn.clone());
+                            // Nothing heard, but data still on its way to the client (in our
+                            // queue or the kernel's): when this shard is behind, the ping
+                            // waits behind data and its pong comes late. A client whose
+                            // kernel keeps taking our bytes is not idle.
+                            let pending =
+                                !conn.out().borrow().is_empty() || super::sockio::unacked_bytes(conn.fd()) > 0;
+                            let taking =
+                                pending && conn.out().borrow_mut().peer_took(super::sockio::bytes_acked(conn.fd()));
+                            if taking {
+                                conn.seen(now);
+                            } else {
+                                idle.push(conn.clone());
+                            }
                         } else if conn.ping_due(now, ping_ms) {
                             conn.out().borrow_mut().push(self.ping.clone());
                             self.mark_dirty(conn);
