@@ -17,7 +17,9 @@
 //! messages out of seq order.
 
 pub mod interest;
+mod link;
 pub mod publish_client;
+mod receive;
 pub mod redis_thread;
 pub mod resume;
 pub mod script;

@@ -22,14 +22,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{MultiplexedConnection, PubSubStream};
+use redis::aio::PubSubStream;
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::script::{self, Addressed, Names};
-use super::sequencer::{Sequencer, Verdict};
-use super::{Command, DELIVERY_QUEUE, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig};
+use super::link::{CONNECT_TIMEOUT, Link, RESPONSE_TIMEOUT, subscribe};
+use super::receive::receive;
+use super::script;
+use super::sequencer::Sequencer;
+use super::{Command, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
@@ -41,18 +42,9 @@ const PIPELINE_BUFFER: usize = 64;
 /// Messages, and payload bytes, per script call.
 const MAX_BATCH: usize = 128;
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// A Redis that does not answer within this is treated as gone.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect back-off: from MIN, doubling to MAX, each wait drawn uniformly from [0, cap].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A subscription silent this long is probed; a probe not back within the timeout ends
-/// the session.
-const PROBE_IDLE: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-const PROBE_TICK: Duration = Duration::from_millis(500);
-
 /// Runs the cluster thread until the process exits.
 pub fn run(
     cfg: RedisConfig,
@@ -114,68 +106,6 @@ struct Node {
     sequencer: Sequencer,
     node_id: u64,
     script: redis::Script,
-}
-
-/// What a session needs to issue commands.
-#[derive(Clone)]
-struct Link {
-    conn: MultiplexedConnection,
-    /// Notified by any task whose request failed for want of a connection.
-    broken: Arc<Notify>,
-    metrics: Arc<Metrics>,
-}
-
-fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
-}
-
-impl Link {
-    async fn query(&self, cmd: &redis::Cmd) -> Option<Value> {
-        let mut conn = self.conn.clone();
-        match conn.send_packed_command(cmd).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.failed(&e);
-                None
-            }
-        }
-    }
-
-    fn failed(&self, e: &redis::RedisError) {
-        if is_connection_error(e) {
-            self.broken.notify_one();
-        } else {
-            tracing::warn!("redis refused a command: {e}");
-        }
-    }
-
-    /// Reads a channel's meta and the stream entries in `from..=to` (`to` None: to the end),
-    /// atomically, so that the entries belong to the epoch returned.
-    async fn fetch(&self, prefix: &str, channel: &ChannelName, from: u64, to: Option<u64>) -> Option<Fetched> {
-        let names = Names::new(prefix, channel);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("HMGET").arg(&names.meta).arg("e").arg("s");
-        let end = to.map_or_else(|| "+".to_string(), |t| format!("{t}-0"));
-        pipe.cmd("XRANGE").arg(&names.stream).arg(format!("{from}-0")).arg(end);
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = match pipe.query_async(&mut conn).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.failed(&e);
-                return None;
-            }
-        };
-        let [meta, entries] = reply.as_slice() else { return None };
-        let Value::Array(meta) = meta else { return None };
-        let epoch = meta.first().and_then(script::as_u64);
-        let head = meta.get(1).and_then(script::as_u64).unwrap_or(0);
-        let entries = match entries {
-            Value::Array(items) => items.iter().filter_map(script::parse_entry).collect(),
-            _ => Vec::new(),
-        };
-        Some(Fetched { epoch, head, entries })
-    }
 }
 
 /// One publish waiting for its script call.
@@ -266,19 +196,6 @@ impl Node {
             why = serve_commands(&commands, link, &prefix, &script_hash, &cfg) => why,
         }
     }
-}
-
-/// Opens a pub/sub connection subscribed to every channel of the prefix.
-async fn subscribe(client: &redis::Client, prefix: &str) -> Result<PubSubStream, String> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| "pub/sub connection timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.psubscribe(script::pattern(prefix)))
-        .await
-        .map_err(|_| "PSUBSCRIBE timed out".to_string())?
-        .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
-    Ok(pubsub.into_on_message())
 }
 
 /// Takes publishes off the queue, batches them and keeps up to MAX_IN_FLIGHT script calls
@@ -409,222 +326,4 @@ fn spawn_fetch(
         let fetched = link.fetch(&prefix, &channel, after + 1, None).await;
         let _ = reply.send(fetched);
     });
-}
-
-/// Consumes pub/sub until the session breaks. When the control thread falls behind (see
-/// [`deliver`]) it drops the subscription, with whatever redis-rs has buffered for it,
-/// waits for the delivery queue to drain, and subscribes again: the resynchronisation at
-/// the start of [`listen`] reads what was missed from the streams. Publishing goes on
-/// meanwhile, on the session's command connection.
-async fn receive(
-    client: &redis::Client,
-    sequencer: &mut Sequencer,
-    deliveries: &flume::Sender<Delivery>,
-    link: &Link,
-    stream: PubSubStream,
-    prefix: &str,
-    node: u64,
-) -> &'static str {
-    let mut stream = stream;
-    loop {
-        let mut current = stream;
-        match listen(sequencer, deliveries, link, &mut current, prefix, node).await {
-            Err(Behind { channel, seq, epoch }) => {
-                link.metrics.redis.fell_behind.fetch_add(1, Relaxed);
-                // The resynchronisation reads back the channels the sequencer knows. Make
-                // it know every channel whose messages are about to be dropped: the one
-                // that did not fit, and those redis-rs has already buffered.
-                sequencer.missed(&channel, seq, epoch);
-                while let Some(Some(msg)) = current.next().now_or_never() {
-                    if let (Addressed::Channel(c), Some(m)) = (
-                        script::addressed(prefix, msg.get_channel_name()),
-                        script::parse_message(msg.get_payload_bytes()),
-                    ) {
-                        sequencer.missed(&c, m.seq, m.epoch);
-                    }
-                }
-                // Closes the pub/sub connection: redis-rs stops reading it into its buffer.
-                drop(current);
-                tracing::warn!(
-                    "redis: this node fell behind the messages Redis sends it; re-subscribing and reading the streams"
-                );
-                while deliveries.len() > DELIVERY_QUEUE / 2 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                stream = match subscribe(client, prefix).await {
-                    Ok(s) => s,
-                    Err(_) => return "pub/sub reconnect failed",
-                };
-            }
-            Ok(why) => return why,
-        }
-    }
-}
-
-/// The control thread did not take this message within [`BEHIND_AFTER`].
-struct Behind {
-    channel: ChannelName,
-    seq: u64,
-    epoch: u64,
-}
-
-/// How long [`deliver`] waits for room in the delivery queue before the node counts as
-/// behind. It bounds what redis-rs buffers meanwhile (it reads pub/sub into an unbounded
-/// channel whether or not anyone takes from it): this long of the node's inbound traffic.
-const BEHIND_AFTER: Duration = Duration::from_millis(250);
-
-/// Consumes one subscription: resynchronises first, then delivers in seq order, repairing
-/// gaps, and probes when idle. Returns why the subscription (and the session) ended, or
-/// `Behind`.
-async fn listen(
-    sequencer: &mut Sequencer,
-    deliveries: &flume::Sender<Delivery>,
-    link: &Link,
-    stream: &mut PubSubStream,
-    prefix: &str,
-    node: u64,
-) -> Result<&'static str, Behind> {
-    let metrics = &link.metrics;
-    // Resynchronise: what was published while this node was not subscribed is in the
-    // streams. Messages arriving meanwhile wait in the pub/sub stream; the sequencer drops
-    // the ones the catch-up already delivered.
-    for (channel, pos) in sequencer.positions() {
-        let Some(f) = link.fetch(prefix, &channel, pos.seq + 1, None).await else {
-            return Ok("resynchronisation failed");
-        };
-        let f = match f.epoch {
-            None => continue, // Redis holds nothing for it; the next message starts an epoch
-            Some(e) if e == pos.epoch => f,
-            Some(_) => match link.fetch(prefix, &channel, 1, None).await {
-                Some(f) => f,
-                None => return Ok("resynchronisation failed"),
-            },
-        };
-        let Some(epoch) = f.epoch else { continue };
-        repair_from(sequencer, deliveries, metrics, &channel, epoch, f.entries, None).await?;
-    }
-    let probe_channel = script::probe_channel(prefix, node);
-    let mut probe: Option<(String, Instant)> = None;
-    let mut probes = 0u64;
-    let mut last_heard = Instant::now();
-    let mut tick = tokio::time::interval(PROBE_TICK);
-    loop {
-        let msg = tokio::select! {
-            m = stream.next() => m,
-            _ = tick.tick() => {
-                match &probe {
-                    Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => {
-                        metrics.redis.probes_failed.fetch_add(1, Relaxed);
-                        return Ok("subscription probe did not come back");
-                    }
-                    None if last_heard.elapsed() > PROBE_IDLE => {
-                        probes += 1;
-                        let token = format!("{node}:{probes}");
-                        let mut cmd = redis::cmd("PUBLISH");
-                        cmd.arg(&probe_channel).arg(&token);
-                        let l = link.clone();
-                        tokio::spawn(async move { l.query(&cmd).await });
-                        probe = Some((token, Instant::now()));
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-        };
-        let Some(msg) = msg else { return Ok("subscription closed") };
-        last_heard = Instant::now();
-        match script::addressed(prefix, msg.get_channel_name()) {
-            Addressed::Probe(n) if n == node => {
-                if probe.as_ref().is_some_and(|(t, _)| t.as_bytes() == msg.get_payload_bytes()) {
-                    probe = None;
-                }
-            }
-            Addressed::Probe(_) | Addressed::Foreign => {}
-            Addressed::Channel(channel) => {
-                let Some(m) = script::parse_message(msg.get_payload_bytes()) else {
-                    tracing::warn!("redis: malformed message on {}; ignored", msg.get_channel_name());
-                    continue;
-                };
-                probe = None; // anything heard proves the subscription delivers
-                match sequencer.check(&channel, m.seq, m.epoch) {
-                    Verdict::Duplicate => {}
-                    Verdict::Deliver => {
-                        deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload).await?
-                    }
-                    Verdict::Missing { from, to } => {
-                        // Read the hole back from the stream before this message goes out.
-                        let Some(f) = link.fetch(prefix, &channel, from, Some(to)).await else {
-                            return Ok("repair failed");
-                        };
-                        let entries = if f.epoch == Some(m.epoch) { f.entries } else { Vec::new() };
-                        repair_from(sequencer, deliveries, metrics, &channel, m.epoch, entries, Some(to)).await?;
-                        deliver(sequencer, deliveries, &channel, m.seq, m.epoch, m.kind, m.payload).await?;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Delivers fetched entries that the sequencer still lacks, counting what was repaired and
-/// what Redis no longer held (up to `to`, or up to the last entry).
-async fn repair_from(
-    sequencer: &mut Sequencer,
-    deliveries: &flume::Sender<Delivery>,
-    metrics: &Metrics,
-    channel: &ChannelName,
-    epoch: u64,
-    entries: Vec<(u64, MessageKind, Bytes)>,
-    to: Option<u64>,
-) -> Result<(), Behind> {
-    let start = match sequencer.position(channel) {
-        Some(p) if p.epoch == epoch => p.seq,
-        _ => 0,
-    };
-    let mut expected = start + 1;
-    for (seq, kind, payload) in entries {
-        if seq < expected {
-            continue;
-        }
-        if seq > expected {
-            metrics.redis.unrepairable.fetch_add(seq - expected, Relaxed);
-        }
-        metrics.redis.repaired.fetch_add(1, Relaxed);
-        deliver(sequencer, deliveries, channel, seq, epoch, kind, payload).await?;
-        expected = seq + 1;
-    }
-    if let Some(to) = to
-        && to >= expected
-    {
-        let lost = to - expected + 1;
-        metrics.redis.unrepairable.fetch_add(lost, Relaxed);
-        tracing::warn!("redis: {lost} message(s) of {channel} before seq {} are no longer in its stream", to + 1);
-    }
-    Ok(())
-}
-
-/// Hands one message to the control thread, waiting up to [`BEHIND_AFTER`] for room in its
-/// queue. The message counts as delivered only once queued, so after `Behind` the
-/// resynchronisation reads it (and what follows) back from the stream.
-async fn deliver(
-    sequencer: &mut Sequencer,
-    deliveries: &flume::Sender<Delivery>,
-    channel: &ChannelName,
-    seq: u64,
-    epoch: u64,
-    kind: MessageKind,
-    payload: Bytes,
-) -> Result<(), Behind> {
-    let d = Delivery { channel: channel.clone(), seq, epoch, kind, payload, received_at: Instant::now() };
-    match deliveries.try_send(d) {
-        Ok(()) => {}
-        Err(flume::TrySendError::Full(d)) => match tokio::time::timeout(BEHIND_AFTER, deliveries.send_async(d)).await {
-            Ok(_) => {}
-            Err(_) => return Err(Behind { channel: channel.clone(), seq, epoch }),
-        },
-        // The control thread is gone: the process is exiting.
-        Err(flume::TrySendError::Disconnected(_)) => {}
-    }
-    sequencer.delivered(channel, seq, epoch);
-    Ok(())
 }
