@@ -8,9 +8,13 @@
 //!   `datasource` variable and parses as PromQL (`promtool check rules` on them as recording
 //!   rules);
 //! - every `crier_*` metric either of them names is in the real binary's `/metrics`: the
-//!   `crier_redis_*` ones with `--redis` against a real redis-server, the others without.
+//!   `crier_redis_*` ones with `--redis` against a real redis-server, the others without;
+//! - a real Prometheus server scraping a real crier (with `--redis`) answers every panel's
+//!   query with data, evaluates every rule without error, and has `CrierOnEpoll` pending (the
+//!   crier runs on epoll), then `CrierRedisDown` when Redis is killed and `CrierDown` when
+//!   crier stops.
 //!
-//! Needs promtool (`apt-get install -y prometheus`), Python's PyYAML to read the rules
+//! Needs promtool and prometheus (`apt-get install -y prometheus`), Python's PyYAML to read the rules
 //! (`apt-get install -y python3-yaml`) and redis-server; scripts/test.sh installs them all.
 
 mod common;
@@ -308,4 +312,166 @@ fn every_metric_the_rules_and_the_dashboard_name_is_in_the_real_metrics() {
     }
     assert!(missing.is_empty(), "not in crier's /metrics:\n{}", missing.join("\n"));
     assert!(!plain_fams.contains_key("crier_redis_up"), "crier_redis_* only with --redis");
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on a free loopback port, stopped by PID.
+struct Prometheus {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes `target` every second as job `crier` and evaluates `rule_file` every second.
+    fn start(target: std::net::SocketAddr, rule_file: &Path) -> Prometheus {
+        need("prometheus", "apt-get install -y prometheus");
+        let dir = TempDir::new();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: crier\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rule_file.display()
+            ),
+        )
+        .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let p = Prometheus { child, addr, _dir: dir };
+        wait_until(READY_TIMEOUT, "prometheus /-/ready", || {
+            http_get(p.addr, "/-/ready").is_ok_and(|r| r.status == 200)
+        });
+        p
+    }
+
+    /// GET `path` of the HTTP API: its `data`, after checking `status` is `success`.
+    fn api(&self, path: &str) -> Value {
+        let r = http_get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {r:?}"));
+        assert_eq!(v["status"], "success", "GET {path}: {v}");
+        v["data"].clone()
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let d = self.api(&format!("/api/v1/query?query={}", urlencode(expr)));
+        d["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The alerts, pending or firing, as `(name, state)`.
+    fn alerts(&self) -> BTreeSet<(String, String)> {
+        let d = self.api("/api/v1/alerts");
+        let alerts = d["alerts"].as_array().cloned().unwrap_or_default();
+        alerts
+            .iter()
+            .map(|a| (a["labels"]["alertname"].as_str().unwrap().into(), a["state"].as_str().unwrap().into()))
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The dashboard's queries as Grafana sends them, with a rate window that holds several of
+/// this test's one-second scrapes.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let d = dashboard();
+    let mut out = Vec::new();
+    for p in panels(&d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "10s").replace("$instance", ".*");
+            out.push((p["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_real_prometheus_scraping_crier_answers_every_panel_and_evaluates_every_rule() {
+    let redis = Redis::start();
+    let node = ServerBuilder::new(Driver::Epoll).args(["--redis", &redis.url()]).start();
+    wait_until(READY_TIMEOUT, "crier_redis_up 1", || node.metric("crier_redis_up", &[]) == Some(1.0));
+    let _sub = node.ws("/ws?channels=board");
+    node.wait_connections(1);
+    let prom = Prometheus::start(node.admin_addr(), &repo(RULES));
+
+    // Publish while Prometheus takes a few scrapes, so that every rate has samples.
+    let mut publisher = node.publisher();
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        publisher.publish("board", b"{\"flight\":\"LH 400\"}", false);
+        let scraped = prom.query("count_over_time(crier_messages_published_total[1m]) >= 5");
+        if !scraped.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Prometheus did not scrape crier 5 times");
+        std::thread::sleep(std::time::Duration::from_millis(50)); // pacing, not a readiness wait
+    }
+    publisher.publish("board", b"{\"flight\":\"LH 401\"}", false);
+
+    // The instance variable lists this crier.
+    let instances = prom.api("/api/v1/label/instance/values?match[]=crier_connections");
+    assert_eq!(instances, serde_json::json!([node.admin_addr().to_string()]));
+    // Every panel's query runs; those without a `> 0` filter have data.
+    let mut empty = Vec::new();
+    for (title, expr) in dashboard_queries() {
+        let result = prom.query(&expr);
+        if result.is_empty() && !expr.contains("> 0") {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    assert!(empty.is_empty(), "queries with no data from a live crier:\n{}", empty.join("\n"));
+    assert!(!prom.query("sum(rate(crier_frames_written_total[10s])) > 0").is_empty(), "deliveries seen");
+
+    // Every rule is evaluated without an error.
+    let n = alerts(&rules()).len();
+    wait_until(READY_TIMEOUT, "every rule evaluated", || {
+        let d = prom.api("/api/v1/rules");
+        let rules: Vec<Value> = d["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        for r in &rules {
+            assert_ne!(r["health"], "err", "{}: {}", r["name"], r["lastError"]);
+        }
+        rules.len() == n && rules.iter().all(|r| r["health"] == "ok")
+    });
+    // This crier runs on epoll: CrierOnEpoll is pending (for: 15m); nothing else is.
+    wait_until(READY_TIMEOUT, "CrierOnEpoll pending", || {
+        prom.alerts().contains(&("CrierOnEpoll".into(), "pending".into()))
+    });
+    assert_eq!(prom.alerts().len(), 1, "{:?}", prom.alerts());
+    // Redis goes away: CrierRedisDown is pending within a scrape and an evaluation.
+    drop(redis);
+    wait_until(READY_TIMEOUT, "CrierRedisDown pending", || {
+        prom.alerts().contains(&("CrierRedisDown".into(), "pending".into()))
+    });
+    // crier stops: CrierDown is pending.
+    drop(node);
+    wait_until(READY_TIMEOUT, "CrierDown pending", || prom.alerts().contains(&("CrierDown".into(), "pending".into())));
 }
