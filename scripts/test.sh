@@ -43,6 +43,10 @@ command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
 # HAProxy for tests/proxy.rs (the PROXY protocol from a real L4 balancer, send-proxy-v2).
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_missing+=(haproxy)
+# promtool (Debian's prometheus package) and PyYAML for tests/dashboards.rs (the alert rules
+# and the Grafana dashboard under deploy/).
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+python3 -c 'import yaml' >/dev/null 2>&1 || apt_missing+=(python3-yaml)
 # Headless Chromium and Node.js with npm for tests/browser.rs (crier.js in a real browser).
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
