@@ -189,28 +189,14 @@ async fn repair_from(
     entries: Vec<(u64, MessageKind, Bytes)>,
     to: Option<u64>,
 ) -> Result<(), Behind> {
-    let start = match sequencer.position(channel) {
-        Some(p) if p.epoch == epoch => p.seq,
-        _ => 0,
-    };
-    let mut expected = start + 1;
-    for (seq, kind, payload) in entries {
-        if seq < expected {
-            continue;
-        }
-        if seq > expected {
-            metrics.redis.unrepairable.fetch_add(seq - expected, Relaxed);
-        }
+    let r = sequencer.repair(channel, epoch, entries, to);
+    if r.lost > 0 {
+        metrics.redis.unrepairable.fetch_add(r.lost, Relaxed);
+        tracing::warn!("redis: {} message(s) of {channel} are no longer in its stream", r.lost);
+    }
+    for (seq, kind, payload) in r.deliver {
         metrics.redis.repaired.fetch_add(1, Relaxed);
         deliver(sequencer, deliveries, channel, seq, epoch, kind, payload).await?;
-        expected = seq + 1;
-    }
-    if let Some(to) = to
-        && to >= expected
-    {
-        let lost = to - expected + 1;
-        metrics.redis.unrepairable.fetch_add(lost, Relaxed);
-        tracing::warn!("redis: {lost} message(s) of {channel} before seq {} are no longer in its stream", to + 1);
     }
     Ok(())
 }

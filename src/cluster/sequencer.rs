@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use crate::channel::ChannelName;
+use crate::ws::frame::MessageKind;
 
 /// What to do with a message `(seq, epoch)` received on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,14 @@ pub enum Verdict {
 pub struct Position {
     pub epoch: u64,
     pub seq: u64,
+}
+
+/// What a repair delivers: the fetched entries the node still lacks, in seq order, and
+/// how many messages the stream no longer held (holes between entries, and before `to`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repair {
+    pub deliver: Vec<(u64, MessageKind, Bytes)>,
+    pub lost: u64,
 }
 
 /// Every channel this node has delivered a message of since it started.
@@ -84,6 +95,36 @@ impl Sequencer {
         self.channels.remove(channel);
     }
 
+    /// Which of `entries` (fetched from the channel's stream, in seq order, of `epoch`) to
+    /// deliver, from where this node stands, and how many are gone for good: those missing
+    /// between them and, when the repair was for a hole ending at `to`, before it.
+    pub fn repair(
+        &self,
+        channel: &ChannelName,
+        epoch: u64,
+        entries: Vec<(u64, MessageKind, Bytes)>,
+        to: Option<u64>,
+    ) -> Repair {
+        let start = match self.position(channel) {
+            Some(p) if p.epoch == epoch => p.seq,
+            _ => 0,
+        };
+        let mut r = Repair::default();
+        let mut expected = start + 1;
+        for (seq, kind, payload) in entries {
+            if seq < expected {
+                continue;
+            }
+            r.lost += seq - expected;
+            r.deliver.push((seq, kind, payload));
+            expected = seq + 1;
+        }
+        if let Some(to) = to {
+            r.lost += (to + 1).saturating_sub(expected);
+        }
+        r
+    }
+
     /// Records that `(seq, epoch)` was delivered.
     pub fn delivered(&mut self, channel: &ChannelName, seq: u64, epoch: u64) {
         match self.channels.get_mut(channel) {
@@ -113,6 +154,12 @@ mod tests {
         s.delivered(&a, 3, 9);
         assert_eq!(s.position(&a), Some(Position { epoch: 9, seq: 3 }));
         assert_eq!(s.positions().len(), 1);
+        // A repair from seq 3 of epoch 9: 4 and 6 come, 5 and 7..=8 are gone.
+        let e = |n: u64| (n, MessageKind::Text, Bytes::from(n.to_string()));
+        let r = s.repair(&a, 9, vec![e(2), e(3), e(4), e(6)], Some(8));
+        assert_eq!(r.deliver.iter().map(|x| x.0).collect::<Vec<_>>(), [4, 6]);
+        assert_eq!(r.lost, 3);
+        assert_eq!(s.repair(&a, 10, vec![e(1)], None).deliver.len(), 1, "another epoch: from its start");
         let b = ChannelName::parse("b").unwrap();
         s.missed(&b, 12, 9);
         assert_eq!(s.position(&b), Some(Position { epoch: 9, seq: 11 }), "read back from 12");

@@ -515,28 +515,14 @@ impl Node {
         entries: Vec<(u64, MessageKind, Bytes)>,
         to: Option<u64>,
     ) -> Result<(), &'static str> {
-        let start = match self.sequencer.position(channel) {
-            Some(p) if p.epoch == epoch => p.seq,
-            _ => 0,
-        };
-        let mut expected = start + 1;
-        for (seq, kind, payload) in entries {
-            if seq < expected {
-                continue;
-            }
-            if seq > expected {
-                self.metrics.redis.unrepairable.fetch_add(seq - expected, Relaxed);
-            }
+        let r = self.sequencer.repair(channel, epoch, entries, to);
+        if r.lost > 0 {
+            self.metrics.redis.unrepairable.fetch_add(r.lost, Relaxed);
+            tracing::warn!("redis: {} message(s) of {channel} are no longer in its stream", r.lost);
+        }
+        for (seq, kind, payload) in r.deliver {
             self.metrics.redis.repaired.fetch_add(1, Relaxed);
             self.deliver(channel, seq, epoch, kind, payload).await?;
-            expected = seq + 1;
-        }
-        if let Some(to) = to
-            && to >= expected
-        {
-            let lost = to - expected + 1;
-            self.metrics.redis.unrepairable.fetch_add(lost, Relaxed);
-            tracing::warn!("redis: {lost} message(s) of {channel} before seq {} are no longer in its stream", to + 1);
         }
         Ok(())
     }
