@@ -120,6 +120,11 @@ impl FrameReader {
             buf.drain(..used);
             if buf.is_empty() {
                 buf = Vec::new(); // give the memory back while idle
+            } else if buf.capacity() > 2 * buf.len() {
+                // This read completed frames and left the start of another: keep room for
+                // that one, not for the whole read (fuzz/frame_reader found 64 KiB reads
+                // each pinning their size behind one byte of a header).
+                buf.shrink_to_fit();
             }
             self.partial = buf;
         }
@@ -400,6 +405,25 @@ mod tests {
         let mut cont = client_frame(0x41, b"z", MASK);
         cont.extend(client_frame(0xC0, b"z", MASK));
         assert_eq!(violation(&cont, deflate).code, 1002);
+    }
+
+    #[test]
+    fn a_read_that_completes_frames_leaves_only_the_next_frames_bytes_held() {
+        // Found by fuzz/frame_reader (corpus/frame_reader/regression-partial-capacity): a
+        // partial frame, then a large read of whole frames ending in one byte of the next,
+        // kept the large read's capacity for that one byte.
+        let limits = ReaderLimits { max_message: 125, deflate: false };
+        let frame = client_frame(0x82, &[7; 100], MASK);
+        let mut read = frame[1..].to_vec();
+        for _ in 0..40 {
+            read.extend(&frame);
+        }
+        read.push(frame[0]);
+        let mut r = FrameReader::default();
+        let (ev, res) = feed_all(&mut r, &[&frame[..1], &read], limits);
+        res.unwrap();
+        assert_eq!(ev.len(), 41);
+        assert!(r.buffered() <= 16, "one byte pending, {} bytes held", r.buffered());
     }
 
     #[test]
