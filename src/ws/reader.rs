@@ -94,8 +94,11 @@ pub struct ReaderLimits {
 }
 
 impl FrameReader {
-    /// Bytes held between reads (an incomplete frame, or fragments of a message).
-    #[cfg(test)]
+    /// Bytes held between reads (an incomplete frame, or fragments of a message): the
+    /// capacity of both buffers. A hook for the unit tests and `fuzz/` (`cfg(fuzzing)` is set
+    /// by `cargo fuzz`), not part of the API.
+    #[cfg(any(test, fuzzing))]
+    #[doc(hidden)]
     pub fn buffered(&self) -> usize {
         self.partial.capacity() + self.assembly.as_ref().map_or(0, |a| a.data.capacity())
     }
