@@ -88,6 +88,9 @@ write(HS, "python-websockets17", raw + seed("python-websockets17-upgrade.http"))
 write(HS, "chromium156-frames-behind", raw + seed("chromium156-upgrade.http") + frame(0x81, b"hi"))
 write(HS, "crier-js", raw + b"GET /crier.js HTTP/1.1\r\nHost: x\r\n\r\n")
 write(HS, "partial", raw + seed("chromium156-upgrade.http")[:200])
+# Past MAX_HEAD_BYTES (8 KiB): 431. Also lifts libFuzzer's input length limit, which starts
+# at the longest seed, above 8 KiB.
+write(HS, "head-over-8k", raw + seed("chromium156-upgrade.http")[:-2] + b"Cookie: " + b"c" * 8300 + b"\r\n\r\n")
 structured = [
     b"?channels=flights,gates\xffpermessage-deflate; client_max_window_bits\xffcrier.v1",
     b"?channels=a,b,c&since=1700000000:5,3,9&last=10\xffpermessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15\xffchat, crier.v1\xffX-Forwarded-For: 10.0.0.1",

@@ -13,7 +13,8 @@
 # finds goes to fuzz/target/corpus/<target>/, which later runs start from too. A crash
 # leaves its input in fuzz/artifacts/<target>/; replay it with
 #   cargo +nightly fuzz run -s none <target> fuzz/artifacts/<target>/crash-…
-# The log of each run, with libFuzzer's final statistics, is fuzz/target/logs/<target>.log.
+# The log of each run, with libFuzzer's final statistics, is
+# fuzz/target/logs/<target>-<time>-<pid>.log (one per run, so runs may overlap).
 #
 # FUZZ_NICE=10 runs the fuzzers at a lower priority (a shared machine).
 set -euo pipefail
@@ -59,7 +60,7 @@ for t in "${targets[@]}"; do
     if [ -f "fuzz/dict/$t.dict" ]; then
         args+=(-dict="fuzz/dict/$t.dict")
     fi
-    log=fuzz/target/logs/$t.log
+    log=fuzz/target/logs/$t-$(date -u +%Y%m%dT%H%M%SZ)-$$.log
     echo "scripts/fuzz.sh: $t for ${seconds}s"
     status=0
     timeout --kill-after=10 $((seconds + 120)) \
@@ -68,7 +69,7 @@ for t in "${targets[@]}"; do
     # libFuzzer's last status line ("#N DONE cov: … ft: … corp: …") and its final stats.
     done_line=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    summary+=("$t: status $status, ${execs:-?} executions, ${done_line:-no status line}")
+    summary+=("$t: status $status, ${execs:-?} executions, ${done_line:-no status line} ($log)")
     if [ "$status" -ne 0 ]; then
         failed+=("$t")
         echo "scripts/fuzz.sh: $t FAILED (exit $status); the end of $log:" >&2
