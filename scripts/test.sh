@@ -97,5 +97,18 @@ fi
 node --version
 /usr/bin/chromium --version 2>/dev/null
 
+# The nightly toolchain and cargo-fuzz for tests/fuzz_smoke.rs (scripts/fuzz.sh runs each
+# fuzz target for a short bounded time).
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo ".ci/run: installing the nightly Rust toolchain (cargo-fuzz needs it)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo ".ci/run: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+fi
+cargo +nightly --version
+cargo fuzz --version
+
 cargo --version
 cargo test --workspace

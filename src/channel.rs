@@ -94,6 +94,38 @@ mod tests {
         }
     }
 
+    /// The rule as the README states it: "1 to 64 characters from `A-Z a-z 0-9 _ - . :`",
+    /// and `*` for the broadcast channel. Written from the text, not from `parse`.
+    fn documented_rule(s: &str) -> bool {
+        const SET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:";
+        s == "*" || ((1..=64).contains(&s.chars().count()) && s.chars().all(|c| SET.contains(c)))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any string: mostly characters of the set and its ASCII neighbours (so that long
+        /// valid names, and names one character off, are common), sometimes any character.
+        #[test]
+        fn accepts_exactly_the_documented_set(s in "([A-Za-z0-9_.:*,/ \\-]|[\\x00-\\x7f]|\\PC){0,70}") {
+            let parsed = ChannelName::parse(&s);
+            proptest::prop_assert_eq!(parsed.is_ok(), documented_rule(&s), "{:?}: {:?}", s, parsed);
+            if let Ok(name) = parsed {
+                proptest::prop_assert_eq!(name.to_string(), s);
+            }
+        }
+    }
+
+    #[test]
+    fn every_ascii_character_alone_and_in_a_long_name() {
+        for b in 0u8..=127 {
+            let c = char::from(b);
+            let alone = c.to_string();
+            assert_eq!(ChannelName::parse(&alone).is_ok(), documented_rule(&alone), "{c:?}");
+            let long = format!("{}{c}", "a".repeat(63));
+            assert_eq!(ChannelName::parse(&long).is_ok(), documented_rule(&long), "{c:?} in 64");
+        }
+    }
+
     #[test]
     fn broadcast_is_recognised() {
         assert!(ChannelName::parse("*").unwrap().is_broadcast());

@@ -1,5 +1,5 @@
-//! The repository's scripts: `.ci/run` and `scripts/test.sh` (the README's test command) pass
-//! shellcheck, and the Python interop script compiles.
+//! The repository's scripts: `.ci/run`, `scripts/test.sh` (the README's test command) and
+//! `scripts/fuzz.sh` pass shellcheck, and the Python interop script compiles.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +10,7 @@ fn root() -> &'static Path {
 
 #[test]
 fn ci_run_and_test_script_pass_shellcheck() {
-    for script in [".ci/run", "scripts/test.sh"] {
+    for script in [".ci/run", "scripts/test.sh", "scripts/fuzz.sh"] {
         let out = Command::new("shellcheck").arg(root().join(script)).output().unwrap_or_else(|e| {
             panic!("shellcheck is not installed ({e}): apt-get install -y shellcheck (scripts/test.sh installs it)")
         });

@@ -18,6 +18,16 @@ pub(super) fn file_args(
     serve: impl Fn(clap::Command) -> clap::Command,
 ) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    text_args(&text, path, matches, serve)
+}
+
+/// [`file_args`] on the file's text (`path` only names it in errors).
+pub(super) fn text_args(
+    text: &str,
+    path: &Path,
+    matches: &ArgMatches,
+    serve: impl Fn(clap::Command) -> clap::Command,
+) -> Result<Vec<OsString>, String> {
     let table: toml::Table =
         text.parse().map_err(|e| format!("config file {}: not valid TOML: {e}", path.display()))?;
     let cmd = serve(clap::Command::new("serve"));

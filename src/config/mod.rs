@@ -492,6 +492,37 @@ fn parse_cli_from(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(argv)
 }
 
+/// Hooks for `fuzz/` (the `config` target), built only there (`cargo fuzz` sets
+/// `cfg(fuzzing)`) and in unit tests: the parsers of settings text, without a file on disk.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The parser of every duration setting (`--ping-interval`, …).
+    pub fn duration(s: &str) -> Result<Duration, String> {
+        parse_duration(s)
+    }
+
+    /// `crier serve --config F` where F holds `text`, up to the settings' values: `Err` from
+    /// the file's own checks (each error names the file, here `fuzz.toml`, and the key).
+    pub fn file_args(text: &str) -> Result<Vec<OsString>, String> {
+        let matches = Cli::command().try_get_matches_from(["crier", "serve"]).expect("no arguments parse");
+        let sub = matches.subcommand_matches("serve").expect("serve was parsed");
+        file::text_args(text, Path::new("fuzz.toml"), sub, ServeArgs::augment_args)
+    }
+
+    /// `crier serve` with `args` (from [`file_args`]), resolved: what start-up does next.
+    pub fn serve(args: Vec<OsString>) -> Result<Result<Config, ConfigError>, clap::Error> {
+        let mut argv = vec![OsString::from("crier"), OsString::from("serve")];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(s) => Ok(s.resolve()),
+            _ => unreachable!("serve was given"),
+        }
+    }
+}
+
 impl ServeArgs {
     /// Checks relations between settings and fills computed defaults.
     pub fn resolve(self) -> Result<Config, ConfigError> {

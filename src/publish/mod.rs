@@ -18,6 +18,9 @@ pub mod protocol;
 mod socket;
 mod turns;
 
+#[cfg(test)]
+mod proptests;
+
 pub use socket::{BindError, Bound, Checked, SocketFile, UnsafeDir, bind, private_dir};
 
 use std::cell::{Cell, RefCell};

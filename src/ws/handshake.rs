@@ -308,7 +308,7 @@ fn parse_resume(query: &str, channels: usize, envelope: bool) -> Result<(Option<
     let mut last = 0;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).ok_or_else(|| bad(format!("{k}: bad percent-encoding")))?;
+        let v = percent_decode(v).ok_or_else(|| bad(format!("{}: bad percent-encoding", shown(k))))?;
         match k {
             "since" => {
                 if !envelope {
@@ -341,7 +341,7 @@ fn parse_resume(query: &str, channels: usize, envelope: bool) -> Result<(Option<
                 }
                 since = Some(Since { epoch, seqs, epochs });
             }
-            "last" => last = v.parse().map_err(|_| bad(format!("last: '{v}' is not a number")))?,
+            "last" => last = v.parse().map_err(|_| bad(format!("last: '{}' is not a number", shown(&v))))?,
             _ => {}
         }
     }
@@ -530,6 +530,20 @@ mod tests {
         // No body announced: accepted.
         assert!(parse(&req("/ws", "Content-Length: 0\r\n")).unwrap().is_some());
         assert!(parse(&req("/ws", "Content-Length:  0 \r\n")).unwrap().is_some());
+    }
+
+    #[test]
+    fn error_bodies_quote_the_query_bounded_and_printable() {
+        // Found by fuzz/handshake (corpus/handshake/regression-control-char-in-key): a query
+        // key with a C1 control character (U+0091) was copied whole into the 400 body, and
+        // so was a `last` value, percent-decoded (`%0A`, 4 KiB of it).
+        let e = parse(&req("/ws?chan\u{91}=a%3", "")).unwrap_err();
+        assert_eq!(e.status().0, 400);
+        assert!(!e.to_string().chars().any(char::is_control), "{e:?}");
+        let e = parse(&req(&format!("/ws?last=x%0A{}", "9".repeat(4000)), "")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("last: 'x?999"), "{msg}");
+        assert!(msg.len() < 100 && !msg.chars().any(char::is_control), "{msg}");
     }
 
     #[test]

@@ -7,3 +7,6 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod reader;
+
+#[cfg(test)]
+mod proptests;
