@@ -92,6 +92,14 @@ fn run_reader(stream: &[u8], cuts: &[usize], limits: ReaderLimits) -> Outcome {
 
 /// The reference parser: whole stream at once, one frame at a time, each RFC rule checked in
 /// the order the reader documents (header first, then the payload's contents).
+/// RFC 6455 §8.1 lets an endpoint fail a text message as soon as its bytes cannot become
+/// valid UTF-8; crier's reader does so for each fragment of an uncompressed text message
+/// (compressed text is checked once inflated, by the shard).
+fn cannot_become_utf8(open: &(MessageKind, bool, Vec<u8>)) -> bool {
+    let (kind, compressed, data) = open;
+    *kind == MessageKind::Text && !compressed && std::str::from_utf8(data).is_err_and(|e| e.error_len().is_some())
+}
+
 fn reference(stream: &[u8], limits: ReaderLimits) -> Outcome {
     let mut events = Vec::new();
     let mut pos = 0;
@@ -184,6 +192,9 @@ fn reference(stream: &[u8], limits: ReaderLimits) -> Outcome {
                     return (events, Some(PROTOCOL));
                 }
                 o.2.extend_from_slice(&payload);
+                if !fin && cannot_become_utf8(o) {
+                    return (events, Some(1007));
+                }
                 if fin {
                     let (kind, compressed, data) = open.take().unwrap();
                     events.push(Owned::Msg(kind, compressed, data));
@@ -197,7 +208,11 @@ fn reference(stream: &[u8], limits: ReaderLimits) -> Outcome {
                 if fin {
                     events.push(Owned::Msg(kind, rsv1, payload));
                 } else {
-                    open = Some((kind, rsv1, payload));
+                    let o = (kind, rsv1, payload);
+                    if cannot_become_utf8(&o) {
+                        return (events, Some(1007));
+                    }
+                    open = Some(o);
                 }
             }
         }

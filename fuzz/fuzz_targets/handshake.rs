@@ -85,7 +85,13 @@ fn structured(data: &[u8]) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else { return };
     let cfg =
-        HandshakeConfig { path: "/ws".into(), max_channels: 1 + (control as usize >> 4), deflate: control & 1 != 0 };
+        HandshakeConfig {
+            path: "/ws".into(),
+            max_channels: 1 + (control as usize >> 4),
+            deflate: control & 1 != 0,
+            // With trusted proxies, X-Forwarded-For and X-Real-IP are parsed too.
+            trusted: (control & 4 != 0).then(|| crier::peer::Cidrs::parse(&["127.0.0.0/8".to_string()]).unwrap()),
+        };
     let buf = if control & 2 != 0 { structured(rest) } else { rest.to_vec() };
     match parse_request(&buf, &cfg) {
         Ok(Some((up, used))) => {
