@@ -30,7 +30,7 @@ use super::link::{CONNECT_TIMEOUT, Link, RESPONSE_TIMEOUT, subscribe};
 use super::receive::receive;
 use super::script;
 use super::sequencer::Sequencer;
-use super::{Command, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig};
+use super::{Command, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig, jitter_fraction, node_id};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
@@ -79,21 +79,6 @@ pub fn run(
         script: redis::Script::new(script::PUBLISH_LUA),
     };
     rt.block_on(node.run());
-}
-
-/// A number unlikely to be shared by two nodes (for probe channels).
-fn node_id() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    t ^ (u64::from(std::process::id()) << 40)
-}
-
-/// A cheap random number in [0, 1) for jitter (xorshift on the clock; nothing secret).
-fn jitter_fraction() -> f64 {
-    let mut x = node_id() | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x % 1_000_000) as f64 / 1_000_000.0
 }
 
 struct Node {

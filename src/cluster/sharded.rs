@@ -35,7 +35,7 @@ use super::script::{self, Addressed, Names};
 use super::sequencer::{Position, Sequencer, Verdict};
 use super::slot_publish::{self, Link};
 use super::slots::{self, Master, slot_of};
-use super::{Command, Delivery, PublishFailure, RedisConfig};
+use super::{Command, Delivery, PublishFailure, RedisConfig, jitter_fraction, node_id};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
@@ -79,19 +79,6 @@ pub fn run(
         sha: redis::Script::new(script::PUBLISH_LUA).get_hash().to_string(),
     };
     rt.block_on(node.run());
-}
-
-fn node_id() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    t ^ (u64::from(std::process::id()) << 40)
-}
-
-fn jitter_fraction() -> f64 {
-    let mut x = node_id() | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x % 1_000_000) as f64 / 1_000_000.0
 }
 
 struct Node {
