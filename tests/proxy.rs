@@ -36,8 +36,16 @@ struct Proxy(Child);
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM first: NGINX's master then stops its worker too, which a SIGKILL of the
+        // master would leave running; SIGKILL if it is still there after 5 s.
+        let pid = libc::pid_t::try_from(self.0.id()).unwrap();
         // SAFETY: our own, unreaped child, by PID.
-        unsafe { libc::kill(libc::pid_t::try_from(self.0.id()).unwrap(), libc::SIGKILL) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
