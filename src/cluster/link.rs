@@ -3,20 +3,16 @@
 //! Used by the command side (`redis_thread.rs`) and the receiving side (`receive.rs`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::Value;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use tokio::sync::Notify;
 
-use super::Fetched;
 use super::script::{self, Names};
+use super::{CONNECT_TIMEOUT, Fetched, RESPONSE_TIMEOUT};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 
-/// A Redis that does not answer within this is treated as gone.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a session needs to issue commands.
 #[derive(Clone)]
 pub(super) struct Link {

@@ -36,6 +36,43 @@ use crate::channel::ChannelName;
 use crate::ops::metrics::{Metrics, PublishError};
 use crate::ws::frame::MessageKind;
 
+/// Timings both session kinds (`--redis`, `--redis-cluster`) share (README "Cluster mode").
+/// A Redis that does not answer within this is treated as gone.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A subscription silent this long is probed; a probe not back within the timeout ends
+/// the session.
+const PROBE_IDLE: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a delivery waits for room in the control thread's queue before the node counts
+/// as behind (see `receive.rs` and `sharded.rs`): it bounds what redis-rs buffers meanwhile.
+const BEHIND_AFTER: Duration = Duration::from_millis(250);
+
+/// Reconnect back-off: from 100 ms, doubling to 5 s, each wait drawn uniformly from
+/// [0, cap] (full jitter, so that many nodes do not return to a restarted Redis at once).
+struct Backoff(Duration);
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff(Self::MIN)
+    }
+
+    /// A session came up: the next wait starts small again.
+    fn reset(&mut self) {
+        self.0 = Self::MIN;
+    }
+
+    /// The wait before the next attempt; the cap doubles for the one after.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.0.mul_f64(jitter_fraction());
+        self.0 = (self.0 * 2).min(Self::MAX);
+        wait
+    }
+}
+
 /// A number unlikely to be shared by two nodes (for probe channels).
 fn node_id() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -292,6 +329,20 @@ impl ClusterHandle {
 
 /// Messages from Redis waiting for the control thread, at most.
 pub const DELIVERY_QUEUE: usize = 4096;
+
+impl Command {
+    /// Answers the request at once, without Redis: there is no session (nothing is sent).
+    fn refuse(self) {
+        match self {
+            Command::Publish { reply, .. } => {
+                let _ = reply.send(Err(PublishFailure::Unavailable));
+            }
+            Command::Fetch { reply, .. } => {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
 
 /// Messages from Redis for the control thread's hub (see [`crate::publish::spawn_cluster_deliveries`]).
 pub type Deliveries = flume::Receiver<Delivery>;

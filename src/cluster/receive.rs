@@ -12,15 +12,12 @@ use redis::aio::PubSubStream;
 use super::link::{Link, subscribe};
 use super::script::{self, Addressed};
 use super::sequencer::{Sequencer, Verdict};
-use super::{DELIVERY_QUEUE, Delivery};
+use super::{BEHIND_AFTER, DELIVERY_QUEUE, Delivery, PROBE_IDLE, PROBE_TIMEOUT};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
 
-/// A subscription silent this long is probed; a probe not back within the timeout ends
-/// the session.
-const PROBE_IDLE: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the idle probe is looked at.
 const PROBE_TICK: Duration = Duration::from_millis(500);
 
 /// Consumes pub/sub until the session breaks. When the control thread falls behind (see
@@ -79,11 +76,6 @@ struct Behind {
     seq: u64,
     epoch: u64,
 }
-
-/// How long [`deliver`] waits for room in the delivery queue before the node counts as
-/// behind. It bounds what redis-rs buffers meanwhile (it reads pub/sub into an unbounded
-/// channel whether or not anyone takes from it): this long of the node's inbound traffic.
-const BEHIND_AFTER: Duration = Duration::from_millis(250);
 
 /// Consumes one subscription: resynchronises first, then delivers in seq order, repairing
 /// gaps, and probes when idle. Returns why the subscription (and the session) ended, or

@@ -26,11 +26,14 @@ use redis::aio::PubSubStream;
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::link::{CONNECT_TIMEOUT, Link, RESPONSE_TIMEOUT, subscribe};
+use super::link::{Link, subscribe};
 use super::receive::receive;
 use super::script;
 use super::sequencer::Sequencer;
-use super::{Command, Delivery, Fetched, PublishFailure, PublishOutcome, RedisConfig, jitter_fraction, node_id};
+use super::{
+    Backoff, CONNECT_TIMEOUT, Command, Delivery, Fetched, PublishFailure, PublishOutcome, RESPONSE_TIMEOUT,
+    RedisConfig, node_id,
+};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
@@ -42,9 +45,6 @@ const PIPELINE_BUFFER: usize = 64;
 /// Messages, and payload bytes, per script call.
 const MAX_BATCH: usize = 128;
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Reconnect back-off: from MIN, doubling to MAX, each wait drawn uniformly from [0, cap].
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Runs the cluster thread until the process exits.
 pub fn run(
     cfg: RedisConfig,
@@ -103,14 +103,14 @@ struct Pending {
 
 impl Node {
     async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let mut logged_down = false;
         loop {
             match self.connect().await {
                 Ok((link, stream)) => {
                     self.metrics.redis.up.store(true, Relaxed);
                     tracing::info!("redis {}: connected", self.cfg.shown_url());
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     logged_down = false;
                     let why = self.session(&link, stream).await;
                     self.metrics.redis.up.store(false, Relaxed);
@@ -125,10 +125,7 @@ impl Node {
                 }
                 Err(e) => tracing::debug!("redis {}: cannot connect: {e}", self.cfg.shown_url()),
             }
-            // Full jitter, so that many nodes do not return to a restarted Redis at once.
-            let wait = backoff.mul_f64(jitter_fraction());
-            self.refuse_for(wait).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            self.refuse_for(backoff.next_wait()).await;
             self.metrics.redis.reconnects.fetch_add(1, Relaxed);
         }
     }
@@ -140,8 +137,7 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 cmd = self.commands.recv_async() => match cmd {
-                    Ok(Command::Publish { reply, .. }) => { let _ = reply.send(Err(PublishFailure::Unavailable)); }
-                    Ok(Command::Fetch { reply, .. }) => { let _ = reply.send(None); }
+                    Ok(cmd) => cmd.refuse(),
                     // The control thread is gone: the process is exiting.
                     Err(_) => std::future::pending::<()>().await,
                 },

@@ -35,17 +35,14 @@ use super::script::{self, Addressed, Names};
 use super::sequencer::{Position, Sequencer, Verdict};
 use super::slot_publish::{self, Link};
 use super::slots::{self, Master, slot_of};
-use super::{Command, Delivery, PublishFailure, RedisConfig, jitter_fraction, node_id};
+use super::{
+    BEHIND_AFTER, Backoff, CONNECT_TIMEOUT, Command, Delivery, PROBE_IDLE, PROBE_TIMEOUT, RESPONSE_TIMEOUT,
+    RedisConfig, node_id,
+};
 use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::frame::MessageKind;
 
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const PROBE_IDLE: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(500);
 
 /// Runs the cluster thread until the process exits.
@@ -96,10 +93,9 @@ struct Node {
     own: HashSet<String>,
 }
 
-/// How long `deliver` waits for room in the delivery queue, and how many pushes may wait
-/// unread, before the node counts as behind and restarts its session (README "Cluster
-/// mode": bounded when a node falls behind).
-const BEHIND_AFTER: Duration = Duration::from_millis(250);
+/// How many pushes may wait unread (besides `deliver` waiting [`BEHIND_AFTER`] for room in
+/// the delivery queue) before the node counts as behind and restarts its session (README
+/// "Cluster mode": bounded when a node falls behind).
 const MAX_PUSH_BACKLOG: usize = 16 * 1024;
 
 /// A connected session: the link, its pushes, and each master's probe channel.
@@ -128,7 +124,7 @@ fn probe_name(prefix: &str, node: u64, k: u32) -> String {
 
 impl Node {
     async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let mut logged_down = false;
         let shown = self.cfg.shown_url();
         loop {
@@ -136,7 +132,7 @@ impl Node {
                 Ok(session) => {
                     self.metrics.redis.up.store(true, Relaxed);
                     tracing::info!("redis cluster {shown}: connected, {} masters", session.masters.len());
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     logged_down = false;
                     let why = self.session(session).await;
                     self.own.clear();
@@ -152,9 +148,7 @@ impl Node {
                 }
                 Err(e) => tracing::debug!("redis cluster {shown}: cannot connect: {e}"),
             }
-            let wait = backoff.mul_f64(jitter_fraction());
-            self.refuse_for(wait).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            self.refuse_for(backoff.next_wait()).await;
             self.metrics.redis.reconnects.fetch_add(1, Relaxed);
         }
     }
@@ -166,8 +160,8 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 cmd = self.commands.recv_async() => match cmd {
-                    Ok(Command::Publish { reply, .. }) => { let _ = reply.send(Err(PublishFailure::Unavailable)); }
-                    Ok(Command::Fetch { reply, .. }) => { let _ = reply.send(None); }
+                    Ok(cmd) => cmd.refuse(),
+                    // The control thread is gone: the process is exiting.
                     Err(_) => std::future::pending::<()>().await,
                 },
                 Ok(r) = self.reports.recv_async() => match r {
