@@ -35,27 +35,12 @@ impl Redis {
 
     /// Starts redis-server (again, after `kill`) on the same port, empty.
     pub fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        wait_until(Duration::from_secs(10), "redis-server to answer PING", || self.cli(&["ping"]).trim() == "PONG");
+        self.child = Some(spawn_redis_server(self.port, self.dir.path(), &[]));
     }
 
     /// `redis-cli -p PORT ARGS…`, its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
     }
 
     /// SIGSTOP / SIGCONT by PID: Redis stops answering, with everything kept.
@@ -78,4 +63,31 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts a redis-server without persistence on `port` (its files in `dir`), with `extra`
+/// arguments, and waits until it answers PING.
+pub fn spawn_redis_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    wait_until(Duration::from_secs(10), "redis-server to answer PING", || redis_cli(port, &["ping"]).trim() == "PONG");
+    child
+}
+
+/// `redis-cli -p PORT ARGS…`, its standard output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -35,30 +35,14 @@ pub struct ClusterMaster {
 
 impl ClusterMaster {
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            // A dead master is noticed fast, so a test's outage is short.
-            .args(["--cluster-node-timeout", "2000"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        wait_until(Duration::from_secs(10), "redis-server to answer PING", || self.cli(&["ping"]).trim() == "PONG");
+        let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"];
+        // A dead master is noticed fast, so a test's outage is short.
+        let extra = [&cluster[..], &["--cluster-node-timeout", "2000"]].concat();
+        self.child = Some(super::spawn_redis_server(self.port, self.dir.path(), &extra));
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::redis_cli(self.port, args)
     }
 
     /// SIGKILL by PID and reap: the master loses its data (no persistence), keeps its
