@@ -54,6 +54,18 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Waits while a shard's queue is over its high-water mark (`Hub::backlogged`): the
+    /// backpressure publishers and, in cluster mode, deliveries from Redis get. True if it
+    /// waited.
+    async fn wait_for_shards(&self) -> bool {
+        let mut waited = false;
+        while self.hub.borrow().backlogged() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            waited = true;
+        }
+        waited
+    }
+
     pub fn new(hub: Hub, cfg: Arc<Config>, metrics: Arc<Metrics>, cluster: Option<ClusterHandle>) -> Self {
         Self { hub: RefCell::new(hub), cfg, metrics, turns: Turns::default(), cluster }
     }
@@ -117,9 +129,7 @@ pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress:
             // The same backpressure as publishers get: a shard that cannot keep up stops
             // this loop, which fills the bounded delivery queue and stops the cluster
             // thread reading pub/sub (see `cluster::start`).
-            while ingress.hub.borrow().backlogged() {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-            }
+            ingress.wait_for_shards().await;
             ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
         }
     });
@@ -217,11 +227,7 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         }
         // Backpressure: a shard that cannot keep up slows publishers instead of growing
         // its queue without bound. Accepted messages are never dropped.
-        let mut waited = false;
-        while ingress.hub.borrow().backlogged() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-            waited = true;
-        }
+        let waited = ingress.wait_for_shards().await;
         if waited && started.is_some() {
             started = Some(Instant::now()); // crier's wait, not the publisher's
         }
