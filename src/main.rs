@@ -8,6 +8,18 @@ use crier::config::{self, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs before anything allocates (before `main`, and before mimalloc's own constructor,
+/// which reads its options): see [`crier::ops::memory::allocator_defaults`].
+#[cfg(not(feature = "system-alloc"))]
+#[used]
+#[unsafe(link_section = ".init_array.00101")]
+static ALLOCATOR_DEFAULTS: extern "C" fn() = {
+    extern "C" fn run() {
+        crier::ops::memory::allocator_defaults();
+    }
+    run
+};
+
 fn main() -> ExitCode {
     let cli = match config::parse_cli() {
         Ok(cli) => cli,

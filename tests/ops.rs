@@ -178,6 +178,21 @@ fn startup_logs_rlimit_nofile() {
     assert_eq!(f[3], f[4], "soft RLIMIT_NOFILE not raised to the hard limit: {row}");
 }
 
+/// The allocator setting behind the README's per-connection density holds for a plain
+/// `crier serve`, with nothing in the environment; an operator's `MIMALLOC_*` still wins.
+#[test]
+fn allocator_defaults_need_no_environment() {
+    let eager = |b: ServerBuilder| {
+        let s = b.start();
+        let line = s.log_lines().into_iter().find(|l| l.contains("allocator: mimalloc"));
+        line.unwrap_or_else(|| panic!("no allocator line in the start-up log:\n{}", s.log_text()))
+    };
+    let line = eager(Server::builder(Driver::Epoll));
+    assert!(line.ends_with("arena_eager_commit=0"), "{line}");
+    let line = eager(Server::builder(Driver::Epoll).env("MIMALLOC_ARENA_EAGER_COMMIT", "1"));
+    assert!(line.ends_with("arena_eager_commit=1"), "{line}");
+}
+
 #[test]
 fn startup_warns_when_limit_too_low() {
     let mut hard: libc::rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -131,6 +131,9 @@ fn start_and_serve(cfg: Config) -> Result<(), String> {
         Err(_) => return Err("the control thread did not start".into()),
     }
 
+    if let Some(eager) = crate::ops::memory::arena_eager_commit() {
+        tracing::info!("allocator: mimalloc arena_eager_commit={eager}");
+    }
     let admin_shown = admin_addr.map_or("off".to_string(), |a| a.to_string());
     tracing::info!(
         "ready ws={ws_addr} admin={admin_shown} publish={} driver={driver} shards={}",

@@ -159,7 +159,7 @@ impl ServerBuilder {
         // The tests' own environment must not leak settings into the server.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CRIER_") || k == "RUST_LOG" || k.starts_with("MONOIO_") {
+            if k.starts_with("CRIER_") || k == "RUST_LOG" || k.starts_with("MONOIO_") || k.starts_with("MIMALLOC_") {
                 cmd.env_remove(&k);
             }
         }
