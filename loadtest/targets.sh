@@ -16,6 +16,9 @@
 #   loadtest/targets.sh cluster-latency   1,000 connections, 256 B at 100 msg/s through a local redis-server
 #                                     (--redis; SHARDED=1: a three-master Redis Cluster); the numbers to compare:
 #                                     REDIS=0 (single node)
+#   loadtest/targets.sh publish-rate  the publish-rate ceiling: PUBLISHERS (1) pipelined connections, COUNT (2,000,000)
+#                                     messages each of SIZE (64) B, 10 checked subscribers (crier-pubrate); then
+#                                     redis-benchmark's PUBLISH rate on the same box
 #   loadtest/targets.sh cluster-rate  one node through Redis, RATE msg/s (default 50000) of 256 B to 10 subscribers;
 #                                     SHARDED=1: through a local three-master Redis Cluster (--redis-cluster)
 #   loadtest/targets.sh cluster       100,000 connections (CONNECTIONS=N) over 6 --redis nodes sharing one port and one
@@ -41,9 +44,9 @@ set -euo pipefail
 export CRIER_MAX_CONNECTIONS_PER_IP=${CRIER_MAX_CONNECTIONS_PER_IP:-0}
 export CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND=${CRIER_MAX_HANDSHAKES_PER_IP_PER_SECOND:-0}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-target=${1:?usage: loadtest/targets.sh density|handshakes|throughput|latency|compression|multiproc|storm|soak|cluster-latency|cluster-rate|cluster|cluster-throughput [crier-load args]}
+target=${1:?usage: loadtest/targets.sh density|handshakes|throughput|latency|compression|multiproc|storm|soak|publish-rate|cluster-latency|cluster-rate|cluster|cluster-throughput [crier-load args]}
 shift
-cargo build --release -q -p crier -p crier-load
+cargo build --release -q -p crier -p crier-load --bins
 crier=target/release/crier
 load=target/release/crier-load
 work=$(mktemp -d)
@@ -130,7 +133,7 @@ wait_redis_up() {
 start_crier() {
     local name=$1
     shift
-    MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} "${prio[@]}" taskset -c 0 "$crier" serve \
+    "${prio[@]}" taskset -c 0 "$crier" serve \
         --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/$name.sock" \
         --shards 1 "$@" 2>"$work/$name.log" &
     pids+=("$!")
@@ -343,6 +346,26 @@ cluster-latency)
     "$load" --url "$url" -n "${CONNECTIONS:-1000}" --connect-rate 5000 --rate 100 --size 256 --duration 20s \
         --publish-socket "$work/a.sock" --server-pid "${pids[-1]}" --pin-cpu 1 "$@" || status=$?
     counters a
+    ;;
+publish-rate)
+    # The publish-rate ceiling: PUBLISHERS pipelined publisher connections (default 1), each
+    # COUNT messages (default 2,000,000) of SIZE bytes (default 64) as fast as crier takes
+    # them, to 10 subscribers that check every delivery; then redis-benchmark's PUBLISH rate
+    # on the same box, the anchor users know. crier gets both cores here (SHARDS, default 1,
+    # and its control thread), as does the tool: the box has two.
+    command -v redis-benchmark >/dev/null || { echo "publish-rate needs redis-benchmark: apt-get install -y redis-tools redis-server" >&2; exit 1; }
+    "${prio[@]}" "$crier" serve --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/a.sock" \
+        --shards "${SHARDS:-1}" 2>"$work/a.log" &
+    pids+=("$!")
+    for _ in $(seq 200); do grep -q "ready ws=" "$work/a.log" && break; sleep 0.05; done
+    "${prio[@]}" target/release/crier-pubrate --ws "127.0.0.1:$port" --publish-socket "$work/a.sock" \
+        --publishers "${PUBLISHERS:-1}" --count "${COUNT:-2000000}" --size "${SIZE:-64}" --server-pid "${pids[-1]}" "$@" ||
+        status=$?
+    stop_crier a
+    start_redis
+    echo "redis-benchmark PUBLISH, ${SIZE:-64} B, ${PUBLISHERS:-1} connection(s), pipeline 64:"
+    redis-benchmark -p "${REDIS_PORT:-16379}" -c "${PUBLISHERS:-1}" -P 64 -n "${COUNT:-2000000}" -d "${SIZE:-64}" -q \
+        PUBLISH c "$(head -c "${SIZE:-64}" /dev/zero | tr '\0' x)"
     ;;
 cluster-rate)
     redis_args

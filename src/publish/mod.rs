@@ -135,6 +135,24 @@ pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress:
     });
 }
 
+/// Appends `+OK <seq>\r\n` without formatting machinery or an allocation: one per publish.
+fn push_ok(replies: &mut Vec<u8>, seq: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = seq;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    replies.extend_from_slice(b"+OK ");
+    replies.extend_from_slice(&digits[i..]);
+    replies.extend_from_slice(b"\r\n");
+}
+
 /// Serves one publisher connection.
 async fn serve(stream: UnixStream, ingress: Rc<Ingress>) {
     ingress.metrics.publishers.fetch_add(1, Relaxed);
@@ -191,7 +209,7 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
                         continue;
                     }
                     let seq = ingress.hub.borrow_mut().publish(channel, kind, payload);
-                    replies.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
+                    push_ok(&mut replies, seq);
                 }
                 Parsed::Ping => replies.extend_from_slice(b"+PONG\r\n"),
                 Parsed::Empty => {}
@@ -268,5 +286,17 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
             return Ok(());
         }
         len += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ok_replies_are_formatted_as_before() {
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = b"x".to_vec();
+            super::push_ok(&mut out, seq);
+            assert_eq!(out, format!("x+OK {seq}\r\n").into_bytes());
+        }
     }
 }
