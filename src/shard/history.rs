@@ -6,11 +6,11 @@
 //! shard's own thread, between two broadcasts, there is no seam where a message could be
 //! missed or sent twice. Bounded per channel by count, bytes and age.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::channel::ChannelName;
+use crate::channel::{ChannelMap, ChannelName};
 use crate::hub::Broadcast;
 
 /// Limits from `--history-messages`, `--history-bytes`, `--history-ttl`.
@@ -63,7 +63,7 @@ pub struct Plan {
 /// All channels' history on one shard.
 #[derive(Debug)]
 pub struct History {
-    channels: HashMap<ChannelName, ChannelHistory>,
+    channels: ChannelMap<ChannelHistory>,
     limits: Limits,
 }
 
@@ -73,12 +73,16 @@ fn size(b: &Broadcast) -> usize {
 
 impl History {
     pub fn new(limits: Limits) -> Self {
-        Self { channels: HashMap::new(), limits }
+        Self { channels: ChannelMap::default(), limits }
     }
 
     /// Records a broadcast and trims its channel to the limits.
     pub fn record(&mut self, b: &Arc<Broadcast>) {
-        let h = self.channels.entry(b.channel.clone()).or_default();
+        // Cloned (an atomic increment on a name every shard shares) only for a new channel.
+        let h = match self.channels.get_mut(&b.channel) {
+            Some(h) => h,
+            None => self.channels.entry(b.channel.clone()).or_default(),
+        };
         if h.epoch != b.epoch {
             // A new epoch (cluster mode: Redis lost the channel's state): start afresh.
             *h = ChannelHistory { epoch: b.epoch, ..ChannelHistory::default() };

@@ -10,11 +10,10 @@
 //! history when its last subscriber leaves.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use crate::channel::ChannelName;
+use crate::channel::{ChannelMap, ChannelName};
 use crate::cluster::ClusterHandle;
 
 /// The cluster thread's answer to one report, awaited by any number of connections.
@@ -52,7 +51,7 @@ struct Local {
 /// Per shard: channel → connections (joined or joining) and the node's answer.
 #[derive(Default)]
 pub struct LocalInterest {
-    channels: RefCell<HashMap<ChannelName, Local>>,
+    channels: RefCell<ChannelMap<Local>>,
 }
 
 impl LocalInterest {
