@@ -1,5 +1,8 @@
 //! Fan-out of one broadcast into 10,000 connection queues inside a shard, without sockets:
-//! the shard's real `Subscribers::deliver` over connections that only lack a socket.
+//! the shard's real `Subscribers::deliver` over connections that only lack a socket. And
+//! the hub's side of one publish (`Hub::publish`: sequence, encode, hand to two shard
+//! queues), on one channel and spread over 10,000 channels: what per-channel bookkeeping in
+//! the hub costs shows there.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -78,5 +81,36 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fanout);
+fn hub_publish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub_publish");
+    g.throughput(Throughput::Elements(1));
+    for channels in [1usize, 10_000] {
+        let metrics = std::sync::Arc::new(crier::ops::metrics::Metrics::new(2));
+        let (tx0, rx0) = flume::unbounded();
+        let (tx1, rx1) = flume::unbounded();
+        let mut hub = crier::hub::Hub::new(vec![tx0, tx1], metrics);
+        let names: Vec<ChannelName> = (0..channels).map(|i| ChannelName::parse(&format!("ch{i}")).unwrap()).collect();
+        let payload = [b'x'; 256];
+        g.bench_function(BenchmarkId::new("channels", channels), |bench| {
+            let mut i = 0usize;
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let ch = names[i % channels].clone();
+                    i += 1;
+                    let start = Instant::now();
+                    hub.publish(ch, MessageKind::Text, &payload);
+                    total += start.elapsed();
+                    // Untimed: the shards' side, so the queues don't grow between rounds.
+                    rx0.drain().for_each(drop);
+                    rx1.drain().for_each(drop);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fanout, hub_publish);
 criterion_main!(benches);

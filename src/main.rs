@@ -1,4 +1,4 @@
-//! The `crier` binary: parse the command line, dispatch to serve, publish or check.
+//! The `crier` binary: parse the command line, dispatch to serve, publish, check or status.
 
 use std::process::ExitCode;
 
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         },
         Command::Publish(args) => crier::publish::client::run(&args),
         Command::Check(args) => crier::ops::check::run(&args),
+        Command::Status(args) => crier::ops::status::run(&args),
     }
 }
 

@@ -8,8 +8,10 @@
 mod access;
 mod file;
 mod peer;
+mod status;
 
 pub use peer::PeerArgs;
+pub use status::StatusArgs;
 
 pub use access::{AccessArgs, AccessSettings, JwtAlgorithm, JwtSettings};
 
@@ -37,6 +39,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Preflight: can this machine hold N connections, and what to tune.
     Check(CheckArgs),
+    /// Ask a running crier (its admin port) how it is: a table, or JSON; exits non-zero
+    /// when it is unreachable or not healthy.
+    Status(StatusArgs),
 }
 
 /// Which io driver each shard's monoio runtime uses.

@@ -11,10 +11,12 @@
 //! path is the same.
 
 mod broadcast;
+pub mod tally;
 
 pub use broadcast::{Broadcast, Enveloped, payload_of};
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +25,7 @@ use crate::channel::ChannelName;
 use crate::ops::metrics::Metrics;
 use crate::ws::deflate::Compressor;
 use crate::ws::frame::MessageKind;
+use tally::ChannelTally;
 
 /// This run's epoch: sequence numbers are only comparable within one epoch. It is the
 /// start time in milliseconds since 1970, so it changes whenever history starts afresh.
@@ -46,9 +49,10 @@ pub enum ShardMsg {
 pub const SHARD_QUEUE_HIGH_WATER: usize = 16 * 1024;
 pub const SHARD_QUEUE_HIGH_WATER_BYTES: usize = 64 << 20;
 
-/// Sequence numbers, the shared compressor, and the shard queues.
+/// Sequence numbers and per-channel counts, the shared compressor, and the shard queues.
 pub struct Hub {
-    seqs: HashMap<ChannelName, u64>,
+    /// Shared only with the admin endpoint, which runs on the same (control) thread.
+    tally: Rc<RefCell<ChannelTally>>,
     compressor: Compressor,
     shards: Vec<flume::Sender<ShardMsg>>,
     metrics: Arc<Metrics>,
@@ -56,33 +60,42 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(shards: Vec<flume::Sender<ShardMsg>>, metrics: Arc<Metrics>) -> Self {
-        Self { seqs: HashMap::new(), compressor: Compressor::new(), shards, metrics }
+        Self { tally: Rc::default(), compressor: Compressor::new(), shards, metrics }
+    }
+
+    /// The per-channel counts, for `/stats` (same thread only: it is an `Rc`).
+    pub fn tally(&self) -> Rc<RefCell<ChannelTally>> {
+        self.tally.clone()
     }
 
     /// Publishes `payload` to `channel` and returns its sequence number.
     pub fn publish(&mut self, channel: ChannelName, kind: MessageKind, payload: &[u8]) -> u64 {
         let published_at = Instant::now();
-        let seq = match self.seqs.get_mut(&channel) {
-            Some(s) => {
-                *s += 1;
-                *s
-            }
-            None => {
-                self.seqs.insert(channel.clone(), 1);
-                1
-            }
-        };
+        let seq = self.tally.borrow_mut().next_seq(&channel);
         // Counted here, not in deliver: in cluster mode a node counts the publishes it
         // answered +OK (in cluster::splice_replies), not every message Redis sends it.
         self.metrics.messages_published.fetch_add(1, Relaxed);
-        self.deliver(channel, seq, epoch(), kind, payload, published_at);
+        self.fan_out(channel, seq, epoch(), kind, payload, published_at);
         seq
     }
 
-    /// Encodes and fans out a message that already has its seq and epoch: every publish on
-    /// a single box, and in cluster mode every message the cluster thread received from
-    /// Redis (already in seq order per channel).
+    /// Cluster mode: encodes and fans out a message the cluster thread received from Redis
+    /// (already numbered there, and in seq order per channel).
     pub fn deliver(
+        &mut self,
+        channel: ChannelName,
+        seq: u64,
+        epoch: u64,
+        kind: MessageKind,
+        payload: &[u8],
+        published_at: Instant,
+    ) {
+        self.tally.borrow_mut().delivered(&channel);
+        self.fan_out(channel, seq, epoch, kind, payload, published_at);
+    }
+
+    /// Encodes a message that has its seq and epoch, and hands it to every shard.
+    fn fan_out(
         &mut self,
         channel: ChannelName,
         seq: u64,

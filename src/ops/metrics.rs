@@ -115,6 +115,8 @@ pub struct ShardMetrics {
     /// Bytes of the broadcasts in the shard's queue: added by the hub when it sends one,
     /// taken off by the shard when it handles it.
     pub queued_bytes: AtomicUsize,
+    /// The shard's busiest channels by subscribers, for `/stats` (see `ops::stats::watch`).
+    pub channels: Mutex<crate::ops::stats::watch::ShardChannels>,
 }
 
 /// Everything /metrics reports.
@@ -159,6 +161,8 @@ pub struct Metrics {
     epoch: Instant,
     /// Cluster mode (written by the cluster thread; rendered only with --redis).
     pub redis: RedisMetrics,
+    /// What `/stats` last asked the shards about channels (see `ops::stats::watch`).
+    pub channel_watch: crate::ops::stats::watch::ChannelWatch,
 }
 
 /// Counters of cluster mode (`--redis`).
@@ -240,11 +244,13 @@ impl Metrics {
             admin_unauthorized: AtomicU64::new(0),
             epoch: Instant::now(),
             redis: RedisMetrics::new(),
+            channel_watch: Default::default(),
         }
     }
 
-    /// Milliseconds since the metrics were made: one monotonic clock for every thread.
-    fn clock_ms(&self) -> u64 {
+    /// Milliseconds since the metrics were made (the process started): one monotonic clock
+    /// for every thread.
+    pub fn clock_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
@@ -264,6 +270,19 @@ impl Metrics {
     pub fn late_shard(&self, limit: Duration) -> Option<(usize, Duration)> {
         let (id, age) = self.shards.iter().map(|s| self.sweep_age(s)).enumerate().max_by_key(|(_, age)| *age)?;
         (age > limit).then_some((id, age))
+    }
+
+    /// Every shard's delivery latency (µs, since start) merged into one histogram.
+    pub fn delivery_latency(&self) -> Histogram<u64> {
+        let mut total = new_latency_histogram();
+        for s in &self.shards {
+            if let Ok(guard) = s.latency.lock()
+                && let Some(h) = guard.as_ref()
+            {
+                let _ = total.add(h);
+            }
+        }
+        total
     }
 
     pub fn publish_error(&self, e: PublishError) {
@@ -396,15 +415,7 @@ impl Metrics {
             "histogram",
             "Time from a publish being accepted to its frame being written to a socket.",
         );
-        let mut total = new_latency_histogram();
-        for s in &self.shards {
-            if let Ok(guard) = s.latency.lock()
-                && let Some(h) = guard.as_ref()
-            {
-                let _ = total.add(h);
-            }
-        }
-        render_histogram(&mut o, "crier_delivery_latency_seconds", &total);
+        render_histogram(&mut o, "crier_delivery_latency_seconds", &self.delivery_latency());
 
         head(&mut o, "crier_replays_total", "counter", "Connections that got history replayed (since= or last=).");
         let _ = writeln!(o, "crier_replays_total {}", self.replays.load(Relaxed));

@@ -208,13 +208,15 @@ fn control_thread(
                     return;
                 }
             };
-        let ingress = Rc::new(Ingress::new(Hub::new(shards, metrics.clone()), cfg, metrics.clone(), cluster));
+        let hub = Hub::new(shards, metrics.clone());
+        let stats = crate::ops::stats::StatsSource::new(cfg.clone(), hub.tally());
+        let ingress = Rc::new(Ingress::new(hub, cfg, metrics.clone(), cluster));
         monoio::spawn(publish::accept_loop(publisher, socket_file, ingress.clone()));
         if let Some(deliveries) = deliveries {
             publish::spawn_cluster_deliveries(deliveries, ingress.clone());
         }
         if let Some((admin, access)) = admin {
-            monoio::spawn(admin::accept_loop(admin, metrics.clone(), access));
+            monoio::spawn(admin::accept_loop(admin, metrics.clone(), access, stats));
         }
         let _ = ready.send(Ok(()));
         // Drain is ordered here, on the thread that publishes, so that every publish

@@ -103,6 +103,22 @@ impl<C: Subscriber> Subscribers<C> {
         if channel.is_broadcast() { self.conns.len() } else { self.channels.get(channel).map_or(0, |m| m.len()) }
     }
 
+    /// For `/stats` (`ops::stats::watch`): the subscribers of each `wanted` channel, then
+    /// this shard's `top` channels by subscribers not among them. Walks every channel: the
+    /// sweep calls it only while someone reads `/stats`, at most once a second.
+    pub fn channel_report(&self, wanted: &[ChannelName], top: usize) -> Vec<(ChannelName, usize)> {
+        let mut out: Vec<(ChannelName, usize)> = wanted.iter().map(|c| (c.clone(), self.subscribers_of(c))).collect();
+        let mut rest: Vec<(&ChannelName, usize)> =
+            self.channels.iter().filter(|(c, _)| !wanted.contains(c)).map(|(c, m)| (c, m.len())).collect();
+        let order = |a: &(&ChannelName, usize), b: &(&ChannelName, usize)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
+        if rest.len() > top && top > 0 {
+            rest.select_nth_unstable_by(top - 1, order);
+        }
+        rest.truncate(top);
+        out.extend(rest.into_iter().map(|(c, n)| (c.clone(), n)));
+        out
+    }
+
     /// Queues a broadcast on each open subscriber of its channel. Connections that got a
     /// frame are added to `dirty` (once). Nobody is judged here: `--max-queue-bytes` bounds
     /// what a client has not taken after a write attempt, which the shard checks when it

@@ -1,7 +1,8 @@
 //! The shard's one periodic task: pings quiet connections, closes idle ones, those whose
 //! token expired (4001) and stragglers of a close, trims idle buffers, expires history,
-//! publishes the latency histogram and returns freed memory. One sweep per shard replaces
-//! a timer per connection.
+//! publishes the latency histogram, reports subscribers per channel while `/stats` is
+//! read (`ops::stats::watch`) and returns freed memory. One sweep per shard replaces a
+//! timer per connection.
 
 use std::rc::Rc;
 #[cfg(debug_assertions)]
@@ -11,6 +12,7 @@ use std::time::Instant;
 use super::conn::State;
 use super::{CLOSE_GRACE_MS, Shard};
 use crate::ops::metrics::{CloseReason, new_latency_histogram};
+use crate::ops::stats::watch;
 use crate::ws::frame;
 
 impl Shard {
@@ -77,6 +79,10 @@ impl Shard {
         {
             let _ = shared.get_or_insert_with(new_latency_histogram).add(&*local);
             local.reset();
+        }
+        if let Some(wanted) = self.metrics.channel_watch.due(&self.metrics, self.id) {
+            let report = self.subscribers.borrow().channel_report(&wanted, watch::TOP);
+            watch::report(&self.metrics, self.id, report);
         }
         crate::ops::memory::release();
     }
