@@ -1,5 +1,7 @@
 //! What workers send back, how their results merge, and the final report (table or JSON).
 
+use crate::channels::ChannelsSummary;
+use crate::progress::ProgressTick;
 use crate::sys::{ProcSample, Sockstat};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,8 @@ pub enum WorkerEvent {
     Connected(ConnectPhase),
     StormDone(StormPhase),
     Report(Box<WorkerReport>),
+    /// Only when the parent shows a progress line.
+    Progress(ProgressTick),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -112,6 +116,16 @@ pub struct WorkerReport {
     pub last_recv_ns: Vec<u64>,
     pub recv_count: Vec<u32>,
     pub cpu_seconds: f64,
+    /// Channels mode, per channel (index = channel): subscribed connections, and what they
+    /// lost, got twice and got out of order on it.
+    #[serde(default)]
+    pub channel_subscribers: Vec<u64>,
+    #[serde(default)]
+    pub channel_lost: Vec<u64>,
+    #[serde(default)]
+    pub channel_duplicated: Vec<u64>,
+    #[serde(default)]
+    pub channel_out_of_order: Vec<u64>,
 }
 
 /// Sum of the workers' delivery accounting.
@@ -135,6 +149,9 @@ pub struct DeliverySummary {
     pub unexpected_seq: u64,
     pub messages_complete: u64,
     pub messages_incomplete: u64,
+    /// Channels mode: messages to a channel nobody subscribed to (neither complete nor not).
+    #[serde(default)]
+    pub messages_unsubscribed: u64,
 }
 
 pub struct Merged {
@@ -146,8 +163,15 @@ pub struct Merged {
     pub cpu_seconds: f64,
 }
 
-/// Merges worker reports. `send_ns(seq)` is the publish timestamp of message `seq`.
-pub fn merge(reports: &[WorkerReport], published: u64, send_ns: impl Fn(u64) -> u64) -> Merged {
+/// Merges worker reports. `send_ns(seq)` is the publish timestamp of message `seq`;
+/// channels mode: `schedule[seq - 1]` is its channel, which only that channel's
+/// subscribers expect.
+pub fn merge(
+    reports: &[WorkerReport],
+    published: u64,
+    send_ns: impl Fn(u64) -> u64,
+    schedule: Option<&[u32]>,
+) -> Merged {
     let mut d = DeliverySummary { published, ..Default::default() };
     let mut latency = new_hist();
     let mut closed = BTreeMap::new();
@@ -182,11 +206,30 @@ pub fn merge(reports: &[WorkerReport], published: u64, send_ns: impl Fn(u64) -> 
             count[i] += u64::from(c);
         }
     }
-    d.expected = d.subscribed * published;
+    // Subscribers per channel, summed over the workers (channels mode).
+    let mut subs: Vec<u64> = Vec::new();
+    for r in reports {
+        if subs.len() < r.channel_subscribers.len() {
+            subs.resize(r.channel_subscribers.len(), 0);
+        }
+        for (s, v) in subs.iter_mut().zip(&r.channel_subscribers) {
+            *s += v;
+        }
+    }
+    let wanted = |i: usize| -> u64 {
+        match schedule {
+            Some(s) => s.get(i).and_then(|&c| subs.get(c as usize)).copied().unwrap_or(0),
+            None => d.subscribed,
+        }
+    };
+    d.expected = (0..n).map(wanted).sum();
     let mut completion = new_hist();
     if d.subscribed > 0 {
         for i in 0..n {
-            if count[i] >= d.subscribed {
+            let want = wanted(i);
+            if want == 0 {
+                d.messages_unsubscribed += 1;
+            } else if count[i] >= want {
                 d.messages_complete += 1;
                 let us = last[i].saturating_sub(send_ns(i as u64 + 1)) / 1000;
                 completion.saturating_record(us.max(1));
@@ -325,6 +368,8 @@ pub struct Report {
     pub soak: Option<SoakSummary>,
     pub storm: Option<StormSummary>,
     pub idle: Option<IdleSummary>,
+    /// Channels mode: subscriptions, spread, and loss/duplicates/disorder per channel.
+    pub channel_accounting: Option<ChannelsSummary>,
     pub tool_cpu_seconds: f64,
     pub elapsed_seconds: f64,
     pub timed_out: bool,
@@ -462,14 +507,17 @@ impl Report {
             }
         }
         if let Some(d) = &self.delivery {
+            let how = if self.channel_accounting.is_some() {
+                format!("{} connections; each of {} messages to its channel's subscribers", d.subscribed, d.published)
+            } else {
+                format!("{} subscribers × {} messages", d.subscribed, d.published)
+            };
             let _ = writeln!(
                 w,
-                "{:<24}{} of {} expected ({} subscribers × {} messages){}",
+                "{:<24}{} of {} expected ({how}){}",
                 "deliveries",
                 d.deliveries,
                 d.expected,
-                d.subscribed,
-                d.published,
                 if d.compressed_deliveries > 0 {
                     format!(", {} compressed", d.compressed_deliveries)
                 } else {
@@ -497,6 +545,9 @@ impl Report {
                     "", d.malformed, d.unexpected_seq
                 );
             }
+        }
+        if let Some(c) = &self.channel_accounting {
+            c.render(w);
         }
         if let Some(l) = &self.latency_ms {
             let _ = writeln!(w, "{:<24}{}", "latency ms", fmt_pct(l));
@@ -701,7 +752,7 @@ mod tests {
             open_at_end: 1,
             ..worker(1, &[1000, 2000, 3000], vec![1_200_000, 2_900_000, 3_100_000], vec![1, 1, 1])
         };
-        let m = merge(&[a, b], 3, send);
+        let m = merge(&[a, b], 3, send, None);
         let d = &m.delivery;
         assert_eq!(d.subscribed, 3);
         assert_eq!(d.expected, 9);
@@ -726,7 +777,7 @@ mod tests {
 
     #[test]
     fn merge_of_nothing() {
-        let m = merge(&[], 0, |_| 0);
+        let m = merge(&[], 0, |_| 0, None);
         assert_eq!(m.delivery.expected, 0);
         assert!(m.latency.is_empty());
         let p = Percentiles::from_us(&m.latency);

@@ -7,9 +7,10 @@
 
 use crate::cli::WorkerConfig;
 use crate::payload;
+use crate::progress::ProgressTick;
 use crate::report::{ConnectPhase, StormPhase, WorkerEvent, WorkerReport, hist_to_pairs, new_hist};
 use crate::sys;
-use crate::tracker::{Seen, SeqTracker};
+use crate::tracker::{ChannelTrackers, Seen, SeqTracker};
 use crate::ws::{self, Event, FrameReader, Response, Rng};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,13 @@ pub enum Command {
     /// `timeout_ms`.
     Storm { timeout_ms: u64 },
     /// `published` messages went out: wait up to `grace_ms` for them, then report.
-    Finish { published: u64, grace_ms: u64 },
+    /// Channels mode: `channel_published[c]` of them went to channel c.
+    Finish {
+        published: u64,
+        grace_ms: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        channel_published: Vec<u64>,
+    },
 }
 
 const SCRATCH: usize = 64 * 1024;
@@ -54,6 +61,8 @@ struct Conn {
     deflate: bool,
     reader: FrameReader,
     tracker: SeqTracker,
+    /// Channels mode: one tracker per subscribed channel (empty otherwise).
+    chans: ChannelTrackers,
 }
 
 #[derive(Default)]
@@ -77,6 +86,10 @@ struct Shared {
     dec: flate2::Decompress,
     rng: Rng,
     latency: Histogram<u64>,
+    /// Latencies since the last progress event (only when the parent shows progress).
+    recent: Option<Histogram<u64>>,
+    /// Channels mode: messages published per channel (known at `Finish`).
+    channel_published: Vec<u64>,
     last_recv: Vec<u64>,
     recv_count: Vec<u32>,
     deliveries: u64,
@@ -102,6 +115,7 @@ impl Shared {
                     deflate: false,
                     reader: FrameReader::new(),
                     tracker: SeqTracker::new(),
+                    chans: ChannelTrackers::default(),
                 })
                 .collect(),
             scratch: vec![0; SCRATCH],
@@ -109,6 +123,8 @@ impl Shared {
             dec: flate2::Decompress::new(false),
             rng: Rng::new(sys::unix_ns() ^ (u64::from(cfg.index) << 48) ^ u64::from(std::process::id())),
             latency: new_hist(),
+            recent: cfg.progress_ms.map(|_| new_hist()),
+            channel_published: Vec::new(),
             last_recv: vec![0; m],
             recv_count: vec![0; m],
             deliveries: 0,
@@ -132,11 +148,13 @@ impl Shared {
     /// connection is over.
     fn on_data(&mut self, idx: usize, data: &[u8], now: u64, out: &mut Vec<u8>) -> Option<String> {
         let mask = self.mask();
+        let channels_mode = self.cfg.channels.is_some();
         let Shared {
             conns,
             inflated,
             dec,
             latency,
+            recent,
             last_recv,
             recv_count,
             deliveries,
@@ -158,7 +176,12 @@ impl Shared {
                 } else {
                     p
                 };
-                let Some((seq, ts)) = payload::decode(body) else {
+                let decoded = if channels_mode {
+                    payload::decode_channel(body).map(|(seq, ts, ch, chseq)| (seq, ts, Some((ch, chseq))))
+                } else {
+                    payload::decode(body).map(|(seq, ts)| (seq, ts, None))
+                };
+                let Some((seq, ts, chan)) = decoded else {
                     *malformed += 1;
                     return true;
                 };
@@ -166,12 +189,27 @@ impl Shared {
                     *unexpected += 1;
                     return true;
                 }
+                let seen = match chan {
+                    None => conn.tracker.observe(seq),
+                    Some((ch, chseq)) => match conn.chans.observe(ch, chseq) {
+                        Some(seen) => seen,
+                        None => {
+                            // Another channel's message: the server misrouted it.
+                            *unexpected += 1;
+                            return true;
+                        }
+                    },
+                };
                 *deliveries += 1;
                 if z {
                     *compressed += 1;
                 }
-                latency.saturating_record((now.saturating_sub(ts) / 1000).max(1));
-                if conn.tracker.observe(seq) != Seen::Duplicate {
+                let us = (now.saturating_sub(ts) / 1000).max(1);
+                latency.saturating_record(us);
+                if let Some(h) = recent {
+                    h.saturating_record(us);
+                }
+                if seen != Seen::Duplicate {
                     let i = seq as usize - 1;
                     recv_count[i] += 1;
                     last_recv[i] = last_recv[i].max(now);
@@ -211,13 +249,33 @@ impl Shared {
             cpu_seconds: sys::self_cpu_seconds(),
             ..Default::default()
         };
+        if let Some(cs) = &self.cfg.channels {
+            let n = cs.count as usize;
+            r.channel_subscribers = vec![0; n];
+            r.channel_lost = vec![0; n];
+            r.channel_duplicated = vec![0; n];
+            r.channel_out_of_order = vec![0; n];
+        }
         for c in &self.conns {
             if !matches!(c.state, State::Open | State::Closed) {
                 continue;
             }
             r.subscribed += 1;
             r.open_at_end += u64::from(c.state == State::Open);
-            let (l, d, o) = (c.tracker.lost(published), c.tracker.duplicates(), c.tracker.out_of_order());
+            let (l, d, o) = if self.cfg.channels.is_some() {
+                let (mut l, mut d, mut o) = (0, 0, 0);
+                for cc in c.chans.counts(&self.channel_published) {
+                    let i = cc.channel as usize;
+                    r.channel_subscribers[i] += 1;
+                    r.channel_lost[i] += cc.lost;
+                    r.channel_duplicated[i] += cc.duplicated;
+                    r.channel_out_of_order[i] += cc.out_of_order;
+                    (l, d, o) = (l + cc.lost, d + cc.duplicated, o + cc.out_of_order);
+                }
+                (l, d, o)
+            } else {
+                (c.tracker.lost(published), c.tracker.duplicates(), c.tracker.out_of_order())
+            };
             r.lost += l;
             r.duplicated += d;
             r.out_of_order += o;
@@ -232,7 +290,27 @@ impl Shared {
     }
 
     fn all_complete(&self, published: u64) -> bool {
-        self.conns.iter().filter(|c| c.state == State::Open).all(|c| c.tracker.complete(published))
+        let open = self.conns.iter().filter(|c| c.state == State::Open);
+        if self.cfg.channels.is_some() {
+            open.clone().all(|c| c.chans.complete(&self.channel_published))
+        } else {
+            open.clone().all(|c| c.tracker.complete(published))
+        }
+    }
+
+    /// What the parent's progress line shows, and a fresh interval for the latency.
+    fn progress(&mut self) -> ProgressTick {
+        let channels = self.cfg.channels.is_some();
+        let mut t = ProgressTick { deliveries: self.deliveries, ..Default::default() };
+        for c in self.conns.iter().filter(|c| c.state == State::Open) {
+            t.open += 1;
+            t.gaps += if channels { c.chans.gaps() } else { c.tracker.gaps() };
+        }
+        if let Some(h) = self.recent.as_mut() {
+            t.latency_us = hist_to_pairs(h);
+            h.reset();
+        }
+        t
     }
 }
 
@@ -302,7 +380,19 @@ pub fn main() -> ! {
 async fn run(cfg: WorkerConfig, mut rx: tokio::sync::mpsc::UnboundedReceiver<Command>) {
     let n = cfg.connections;
     let rate = cfg.connect_rate;
+    let progress_ms = cfg.progress_ms;
     let sh: Sh = Rc::new(RefCell::new(Shared::new(cfg)));
+    if let Some(ms) = progress_ms {
+        let sh = sh.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ms.max(50)));
+            loop {
+                tick.tick().await;
+                let t = sh.borrow_mut().progress();
+                emit(&WorkerEvent::Progress(t));
+            }
+        });
+    }
 
     // Connect phase: connection j starts at j / rate.
     let start = Instant::now();
@@ -364,8 +454,9 @@ async fn run(cfg: WorkerConfig, mut rx: tokio::sync::mpsc::UnboundedReceiver<Com
                 drop(s);
                 emit(&WorkerEvent::StormDone(phase));
             }
-            Command::Finish { published, grace_ms } => {
+            Command::Finish { published, grace_ms, channel_published } => {
                 let published = published.min(sh.borrow().last_recv.len() as u64);
+                sh.borrow_mut().channel_published = channel_published;
                 let until = Instant::now() + Duration::from_millis(grace_ms);
                 while !sh.borrow().all_complete(published) && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -400,7 +491,14 @@ async fn connect(sh: &Sh, idx: usize) -> Result<(TcpStream, bool, Vec<u8>), Stri
         let cfg = &s.cfg;
         let src = (!cfg.src_ips.is_empty())
             .then(|| cfg.src_ips[((cfg.first + idx as u64) % cfg.src_ips.len() as u64) as usize]);
-        let req = ws::request(&s.request_host, &cfg.path, &key, cfg.deflate);
+        let req = match &cfg.channels {
+            Some(cs) => {
+                let sep = if cfg.path.contains('?') { '&' } else { '?' };
+                let path = format!("{}{sep}{}", cfg.path, cs.query(cfg.first + idx as u64));
+                ws::request(&s.request_host, &path, &key, cfg.deflate)
+            }
+            None => ws::request(&s.request_host, &cfg.path, &key, cfg.deflate),
+        };
         (cfg.target, src, req, key, Duration::from_millis(cfg.connect_timeout_ms))
     };
     let attempt = async {
@@ -518,7 +616,15 @@ async fn conn_task(sh: Sh, idx: usize) {
 /// Books a connection that just upgraded.
 fn opened(s: &mut Shared, idx: usize, stream: &std::net::TcpStream, deflate: bool, reconnecting: bool, now: u64) {
     use std::os::fd::AsRawFd;
+    let global = s.cfg.first + idx as u64;
+    let subs = match &s.cfg.channels {
+        Some(cs) if !reconnecting => Some(cs.subscriptions(global)),
+        _ => None,
+    };
     let c = &mut s.conns[idx];
+    if let Some(subs) = subs {
+        c.chans = ChannelTrackers::new(&subs);
+    }
     c.state = State::Open;
     c.fd = stream.as_raw_fd();
     c.deflate = deflate;
@@ -659,6 +765,8 @@ mod tests {
             max_seq,
             deadline_ns: 0,
             pin_cpu: None,
+            channels: None,
+            progress_ms: None,
         }
     }
 
@@ -721,7 +829,7 @@ mod tests {
 
     #[test]
     fn commands_are_json_lines() {
-        let c = Command::Finish { published: 5, grace_ms: 100 };
+        let c = Command::Finish { published: 5, grace_ms: 100, channel_published: vec![] };
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(s, r#"{"cmd":"finish","published":5,"grace_ms":100}"#);
         assert_eq!(serde_json::from_str::<Command>(&s).unwrap(), c);
