@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use crier::channel::ChannelName;
-use crier::ws::frame::MessageKind;
 use crier::publish::protocol::{self, Parsed};
+use crier::ws::frame::MessageKind;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixListener, UnixStream};
