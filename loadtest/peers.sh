@@ -12,6 +12,10 @@
 #                       deliveries per server CPU-second, latency, loss
 #           light       the same at 10 msg/s, a load no server here falls behind on
 #           idle        19,000 idle connections held 10 s: server RSS growth per connection
+#           channels    10,000 connections, each on 5 of 1,000 channels, 2,000 msg/s of 256 B in
+#                       total for 10 s (crier-load --mode channels; add --distribution zipf):
+#                       deliveries per server CPU-second, latency, per-channel loss. Servers
+#                       with channels only: crier, uws, tokio-tungstenite(-4k)
 #           all         throughput, light, then idle
 #
 # After each report a "machine" line gives what CPUs 0 and 1 did during the run, from
@@ -28,6 +32,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 which_servers=${1:-all}
+asked_servers=$which_servers
 mode=${2:-throughput}
 shift $(($# < 2 ? $# : 2))
 [ "$which_servers" = all ] && which_servers=crier,uws,ws,tokio-tungstenite,tokio-tungstenite-4k
@@ -36,16 +41,29 @@ for s in "${servers[@]}"; do
     case $s in
     crier | ws | uws | tokio-tungstenite | tokio-tungstenite-4k) ;;
     *)
-        echo "usage: loadtest/peers.sh [crier|ws|uws|tokio-tungstenite|tokio-tungstenite-4k|all] [throughput|light|idle|all] [crier-load args]" >&2
+        echo "usage: loadtest/peers.sh [crier|ws|uws|tokio-tungstenite|tokio-tungstenite-4k|all] [throughput|light|idle|channels|all] [crier-load args]" >&2
         exit 2
         ;;
     esac
 done
 case $mode in
 throughput | light | idle) modes=("$mode") ;;
+channels)
+    modes=(channels)
+    # Node ws's peer sends every message to every connection: it has no channels.
+    if [ "$asked_servers" = all ]; then
+        servers=(crier uws tokio-tungstenite tokio-tungstenite-4k)
+    fi
+    for s in "${servers[@]}"; do
+        if [ "$s" = ws ]; then
+            echo "channels mode: the ws peer has no channels; use crier, uws, tokio-tungstenite(-4k)" >&2
+            exit 2
+        fi
+    done
+    ;;
 all) modes=(throughput light idle) ;;
 *)
-    echo "unknown mode '$mode' (throughput, light, idle or all)" >&2
+    echo "unknown mode '$mode' (throughput, light, idle, channels or all)" >&2
     exit 2
     ;;
 esac
@@ -98,7 +116,8 @@ start_server() {
     crier)
         MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} taskset -c 0 target/release/crier serve \
             --listen "$listen" --admin-listen off --publish-socket "$sock" --shards 1 \
-            --max-connections "$max" 2>"$log" 9>&- &
+            --max-connections "$max" --max-connections-per-ip 0 --max-handshakes-per-ip-per-second 0 \
+            2>"$log" 9>&- &
         ;;
     ws | uws)
         taskset -c 0 node "loadtest/peers/node/$name-server.js" --listen "$listen" \
@@ -180,6 +199,13 @@ for m in "${modes[@]}"; do
                     --grace 180s --publish-socket "$work/$s.sock" --server-pid "$server_pid" --pin-cpu 1 \
                     "$@" 9>&- | tee "$out" || rc=$?
                 ;;
+            channels)
+                # Each message reaches the ~50 subscribers of its channel: 100,000 deliveries/s.
+                "$load" --mode channels --url "$url" -n 10000 --connect-rate 5000 --rate 2000 --size 256 \
+                    --duration 10s --channel-count 1000 --channels-per-conn 5 --grace 60s \
+                    --publish-socket "$work/$s.sock" --server-pid "$server_pid" --pin-cpu 1 \
+                    "$@" 9>&- | tee "$out" || rc=$?
+                ;;
             idle)
                 "$load" --mode idle --url "$url" -n 19000 --src-ips 2 --connect-rate 5000 --duration 10s \
                     --server-pid "$server_pid" --pin-cpu 1 "$@" 9>&- | tee "$out" || rc=$?
@@ -197,6 +223,6 @@ echo
 echo "=== summary (reports in $results)"
 for f in "$results"/*.txt; do
     echo "--- $(basename "$f" .txt)"
-    grep -E '^(connections|accounting|latency ms|server |deliveries/server-cpu-s|idle|run |machine|problems|PROBLEM)' "$f" || true
+    grep -E '^(connections|channels|per-channel accounting|accounting|latency ms|server |deliveries/server-cpu-s|idle|run |machine|problems|PROBLEM)' "$f" || true
 done
 exit "$status"

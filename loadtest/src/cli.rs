@@ -1,9 +1,11 @@
 //! Command line, validation, and the plan handed to workers.
 
+use crate::channels::{ChannelSpec, Distribution};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A worker process holds at most this many sockets (the machine's hard limit is 20,000
@@ -22,6 +24,9 @@ pub enum Mode {
     Storm,
     /// Connect and hold for --duration; server RSS growth per connection.
     Idle,
+    /// Many channels: each connection on --channels-per-conn of --channel-count channels,
+    /// messages spread over them; every delivery accounted per channel.
+    Channels,
 }
 
 impl Mode {
@@ -31,6 +36,7 @@ impl Mode {
             Mode::Soak => "soak",
             Mode::Storm => "storm",
             Mode::Idle => "idle",
+            Mode::Channels => "channels",
         }
     }
 }
@@ -41,7 +47,7 @@ impl Mode {
     version,
     about = "Load-test tool for crier: many WebSocket subscribers over several processes and \
              source addresses, a publisher on a fixed timetable, one merged report.",
-    after_help = "Modes: broadcast (default), soak, storm, idle. See loadtest/README.md.\n\
+    after_help = "Modes: broadcast (default), soak, storm, idle, channels. See loadtest/README.md.\n\
                   Exit status: 0 clean run, 2 run completed with problems (failures, loss, \
                   duplicates, disorder, refusals), 1 could not run or hit --timeout."
 )]
@@ -54,9 +60,9 @@ pub struct Cli {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
-    /// WebSocket connections to open (0: publish only).
-    #[arg(short = 'n', long, default_value_t = 1000)]
-    pub connections: u64,
+    /// WebSocket connections to open (0: publish only) [default: 1000; channels: 10000].
+    #[arg(short = 'n', long)]
+    pub connections: Option<u64>,
 
     /// New connections per second, over all workers.
     #[arg(long, default_value_t = 2000.0)]
@@ -88,7 +94,7 @@ pub struct Cli {
     #[arg(long = "publish-socket", value_name = "PATH")]
     pub publish_sockets: Vec<PathBuf>,
 
-    /// Messages per second [default: 100; soak: 10].
+    /// Messages per second, in total [default: 100; soak: 10; channels: 2000].
     #[arg(long)]
     pub rate: Option<f64>,
 
@@ -132,9 +138,33 @@ pub struct Cli {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
 
-    /// Print the report as JSON instead of a table.
+    /// Print the report as JSON instead of a table (and no progress line).
     #[arg(long)]
     pub json: bool,
+
+    /// No progress line and no progress notes on stderr (warnings and errors still go there).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Channels mode: how many channels (`ch0` … `ch{C-1}`).
+    #[arg(long, value_name = "C", default_value_t = 1000)]
+    pub channel_count: u32,
+
+    /// Channels mode: channels each connection subscribes to (distinct, chosen with --seed).
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub channels_per_conn: u32,
+
+    /// Channels mode: how messages are spread over the channels.
+    #[arg(long, value_enum, default_value_t = Distribution::RoundRobin)]
+    pub distribution: Distribution,
+
+    /// Channels mode: the Zipf exponent s (channel of rank r gets a share ∝ 1/r^s).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+
+    /// Channels mode: seed of the subscriptions and of the Zipf timetable.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
@@ -232,6 +262,8 @@ pub struct PublishSpec {
     pub size: usize,
     pub rate: f64,
     pub count: u64,
+    /// Channels mode: the channel of each message (index seq − 1).
+    pub schedule: Option<Arc<Vec<u32>>>,
 }
 
 impl PublishSpec {
@@ -275,6 +307,8 @@ pub struct Plan {
     pub server_pids: Vec<u32>,
     pub pin_cpu: Option<usize>,
     pub json: bool,
+    pub quiet: bool,
+    pub channel_spec: Option<ChannelSpec>,
     /// Things that will not stop the run but will skew it, printed before it starts.
     pub warnings: Vec<String>,
 }
@@ -285,6 +319,34 @@ impl Plan {
         for c in &cli.channels {
             check_channel(c)?;
         }
+        let channel_spec = if mode == Mode::Channels {
+            if !cli.channels.is_empty() || cli.publish_channel.is_some() {
+                return Err("--mode channels picks the channels itself: use --channel-count and \
+                            --channels-per-conn instead of --channels and --publish-channel"
+                    .into());
+            }
+            if !(1..=100_000).contains(&cli.channel_count) {
+                return Err("--channel-count must be between 1 and 100000".into());
+            }
+            if cli.channels_per_conn == 0 || cli.channels_per_conn > cli.channel_count.min(1000) {
+                return Err(format!(
+                    "--channels-per-conn must be between 1 and --channel-count ({}) and at most 1000",
+                    cli.channel_count
+                ));
+            }
+            if !(cli.zipf_s >= 0.0 && cli.zipf_s <= 10.0) {
+                return Err("--zipf-s must be between 0 and 10".into());
+            }
+            Some(ChannelSpec {
+                count: cli.channel_count,
+                per_conn: cli.channels_per_conn,
+                seed: cli.seed,
+                distribution: cli.distribution,
+                zipf_s: cli.zipf_s,
+            })
+        } else {
+            None
+        };
         let target = parse_url(&cli.url, &cli.channels)?;
         if !(cli.connect_rate > 0.0 && cli.connect_rate.is_finite()) {
             return Err("--connect-rate must be a positive number of connections per second".into());
@@ -295,7 +357,7 @@ impl Plan {
         if cli.src_ips == 0 || cli.src_ips > 254 {
             return Err("--src-ips must be between 1 and 254 (127.0.0.1 … 127.0.0.254)".into());
         }
-        let n = cli.connections;
+        let n = cli.connections.unwrap_or(if mode == Mode::Channels { 10_000 } else { 1000 });
         if n == 0 && matches!(mode, Mode::Storm | Mode::Idle) {
             return Err(format!("--mode {} needs --connections > 0", mode.name()));
         }
@@ -357,7 +419,11 @@ impl Plan {
                 .collect()
         };
 
-        let rate = cli.rate.unwrap_or(if mode == Mode::Soak { 10.0 } else { 100.0 });
+        let rate = cli.rate.unwrap_or(match mode {
+            Mode::Soak => 10.0,
+            Mode::Channels => 2000.0,
+            _ => 100.0,
+        });
         if !(rate > 0.0 && rate.is_finite()) {
             return Err("--rate must be a positive number of messages per second".into());
         }
@@ -379,24 +445,32 @@ impl Plan {
             if count > 10_000_000 {
                 return Err(format!("{count} messages is more than this tool keeps track of (10,000,000)"));
             }
-            let hl = crate::payload::header_len(count);
+            let hl = match &channel_spec {
+                Some(cs) => crate::payload::channel_header_len(count, cs.count),
+                None => crate::payload::header_len(count),
+            };
             if cli.size < hl {
                 return Err(format!(
-                    "--size {} is too small: the header `seq,unix_nanos,` needs {hl} bytes for {count} messages",
+                    "--size {} is too small: the header (`seq,unix_nanos,`, channels mode \
+                     `seq,unix_nanos,channel,channel_seq,`) needs {hl} bytes for {count} messages",
                     cli.size
                 ));
             }
-            let channel = match &cli.publish_channel {
-                Some(c) => c.clone(),
-                None => cli.channels.first().cloned().unwrap_or_else(|| "*".into()),
+            let channel = match (&cli.publish_channel, &channel_spec) {
+                (_, Some(cs)) => format!("{} channels ({})", cs.count, cs.distribution.name()),
+                (Some(c), None) => c.clone(),
+                (None, None) => cli.channels.first().cloned().unwrap_or_else(|| "*".into()),
             };
-            check_channel(&channel)?;
+            if channel_spec.is_none() {
+                check_channel(&channel)?;
+            }
+            let schedule = channel_spec.as_ref().map(|cs| Arc::new(cs.schedule(count)));
             let sockets = if cli.publish_sockets.is_empty() {
                 vec![default_publish_socket()]
             } else {
                 cli.publish_sockets.clone()
             };
-            Some(PublishSpec { sockets, channel, binary: cli.binary, size: cli.size, rate, count })
+            Some(PublishSpec { sockets, channel, binary: cli.binary, size: cli.size, rate, count, schedule })
         };
         let connect_time = n as f64 / cli.connect_rate;
         let run_time = match &publish {
@@ -426,6 +500,8 @@ impl Plan {
             server_pids: cli.server_pids.clone(),
             pin_cpu: cli.pin_cpu,
             json: cli.json,
+            quiet: cli.quiet,
+            channel_spec,
             warnings,
         })
     }
@@ -451,117 +527,15 @@ pub struct WorkerConfig {
     /// The worker exits by itself at this time (unix ns).
     pub deadline_ns: u64,
     pub pin_cpu: Option<usize>,
+    /// Channels mode: each connection subscribes to its own channels (`?channels=` after
+    /// `path`) and every delivery is accounted per channel.
+    #[serde(default)]
+    pub channels: Option<ChannelSpec>,
+    /// Send a progress event this often (for the parent's live line); never if `None`.
+    #[serde(default)]
+    pub progress_ms: Option<u64>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut v = vec!["crier-load"];
-        v.extend_from_slice(args);
-        Cli::try_parse_from(v).unwrap()
-    }
-
-    const LIMITS: Limits = Limits { nofile_hard: 20_000, ephemeral_ports: 28_232 };
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 fortnights").is_err());
-    }
-
-    #[test]
-    fn urls() {
-        let t = parse_url("ws://127.0.0.1:9000/ws", &[]).unwrap();
-        assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(t.path, "/ws");
-        assert_eq!(t.host_header, "127.0.0.1:9000");
-        let t = parse_url("ws://localhost/ws?x=1", &["a".into(), "b".into()]).unwrap();
-        assert_eq!(t.addr.port(), 80);
-        assert_eq!(t.path, "/ws?x=1&channels=a,b");
-        let t = parse_url("ws://[::1]:8080", &["a".into()]).unwrap();
-        assert_eq!(t.addr, "[::1]:8080".parse().unwrap());
-        assert_eq!(t.path, "/?channels=a");
-        assert!(parse_url("ws://10.0.0.1:8080/ws", &[]).unwrap_err().contains("loopback"));
-        assert!(parse_url("ws://example.com/ws", &[]).is_err());
-        assert!(parse_url("wss://127.0.0.1/ws", &[]).is_err());
-        assert!(parse_url("ws://127.0.0.1:99999/", &[]).is_err());
-    }
-
-    #[test]
-    fn splits_connections_over_workers() {
-        let p = Plan::new(&cli(&["-n", "200", "--procs", "3", "--src-ips", "2"]), LIMITS).unwrap();
-        assert_eq!(p.workers, vec![(0, 67), (67, 67), (134, 66)]);
-        assert_eq!(p.src_ips, vec![Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)]);
-        let pb = p.publish.unwrap();
-        assert_eq!(pb.count, 1000); // 10 s × 100/s
-        assert_eq!(pb.channel, "*");
-        assert_eq!(pb.sockets, vec![default_publish_socket()]);
-    }
-
-    #[test]
-    fn refuses_too_many_sockets_per_worker() {
-        let e = Plan::new(&cli(&["-n", "40000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap_err();
-        assert!(e.contains("at most 19000"), "{e}");
-        assert!(e.contains("--procs 3"), "{e}");
-        let p = Plan::new(&cli(&["-n", "38000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap();
-        assert!(p.warnings[0].contains("use --src-ips 3 or more"), "{:?}", p.warnings);
-        let p = Plan::new(&cli(&["-n", "27000", "--procs", "2", "--src-ips", "2"]), LIMITS).unwrap();
-        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-        let p = Plan::new(&cli(&["--mode", "storm", "-n", "19000", "--src-ips", "2"]), LIMITS).unwrap();
-        assert!(p.warnings[0].contains("use --src-ips 3 or more"), "{:?}", p.warnings);
-        let p = Plan::new(&cli(&["--mode", "storm", "-n", "19000", "--src-ips", "4"]), LIMITS).unwrap();
-        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-        let e = Plan::new(&cli(&["-n", "30000", "--procs", "2"]), LIMITS).unwrap_err();
-        assert!(e.contains("--src-ips 2"), "{e}");
-    }
-
-    #[test]
-    fn mode_defaults() {
-        let p = Plan::new(&cli(&["--mode", "soak"]), LIMITS).unwrap();
-        assert_eq!(p.publish.as_ref().unwrap().rate, 10.0);
-        assert_eq!(p.publish.unwrap().count, 3000);
-        let p = Plan::new(&cli(&["--mode", "storm"]), LIMITS).unwrap();
-        assert_eq!(p.publish.unwrap().count, 10);
-        let p = Plan::new(&cli(&["--mode", "idle", "--duration", "3s"]), LIMITS).unwrap();
-        assert!(p.publish.is_none());
-        assert_eq!(p.hold, Duration::from_secs(3));
-        assert!(Plan::new(&cli(&["--mode", "idle", "-n", "0"]), LIMITS).is_err());
-        let p = Plan::new(&cli(&["--count", "50", "--rate", "25", "-n", "0"]), LIMITS).unwrap();
-        assert_eq!(p.publish.as_ref().unwrap().count, 50);
-        // default timeout: connect + publish + grace + 60 s
-        assert_eq!(p.timeout, Duration::from_secs(2 + 5 + 60));
-    }
-
-    #[test]
-    fn channels_and_sizes() {
-        let p = Plan::new(
-            &cli(&["--channels", "flights,gates", "--publish-socket", "/a", "--publish-socket", "/b"]),
-            LIMITS,
-        )
-        .unwrap();
-        assert_eq!(p.target.path, "/ws?channels=flights,gates");
-        let pb = p.publish.unwrap();
-        assert_eq!(pb.channel, "flights");
-        assert_eq!(pb.sockets, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
-        assert!(Plan::new(&cli(&["--channels", "bad name"]), LIMITS).is_err());
-        let e = Plan::new(&cli(&["--size", "10"]), LIMITS).unwrap_err();
-        assert!(e.contains("too small"), "{e}");
-        assert!(Plan::new(&cli(&["--url", "ws://192.168.1.1:8080/ws"]), LIMITS).is_err());
-        assert!(Plan::new(&cli(&["--url", "ws://[::1]:8080/ws", "--src-ips", "2"]), LIMITS).is_err());
-        assert!(Plan::new(&cli(&["--url", "ws://[::1]:8080/ws"]), LIMITS).is_ok());
-    }
-
-    #[test]
-    fn schedule_offsets() {
-        assert_eq!(offset_ns(100.0, 1), 0);
-        assert_eq!(offset_ns(100.0, 2), 10_000_000);
-        assert_eq!(offset_ns(3.0, 4), 1_000_000_000);
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

@@ -1,7 +1,9 @@
 //! The parent process: validates the plan, starts the workers, drives the phases of the
 //! chosen mode, samples the server and the kernel, and merges everything into one report.
 
+use crate::channels;
 use crate::cli::{Cli, Limits, Mode, Plan, WorkerConfig, offset_ns};
+use crate::progress::{self, Drawer, Live, Phase};
 use crate::publisher;
 use crate::report::{
     ConnSummary, ConnectPhase, IdleSummary, Percentiles, PublishSummary, Report, ServerSummary, SoakSample,
@@ -12,7 +14,7 @@ use crate::sys::{self, ProcSample};
 use crate::worker::Command;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 enum Stop {
@@ -27,7 +29,9 @@ struct Workers {
 }
 
 impl Workers {
-    fn spawn(configs: Vec<WorkerConfig>) -> Result<Workers, String> {
+    /// Starts the workers; their progress events go to `live` (if any), the rest to
+    /// [`Workers::collect`].
+    fn spawn(configs: Vec<WorkerConfig>, live: Option<Arc<Live>>) -> Result<Workers, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let (tx, rx) = mpsc::channel();
         let mut children = Vec::new();
@@ -45,11 +49,18 @@ impl Workers {
             writeln!(stdin, "{line}").map_err(|e| format!("worker {i}: {e}"))?;
             let stdout = child.stdout.take().expect("piped stdout");
             let tx = tx.clone();
+            let live = live.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     let ev = serde_json::from_str::<WorkerEvent>(&line)
                         .map_err(|e| format!("worker {i} sent {line:?}: {e}"));
+                    if let Ok(WorkerEvent::Progress(t)) = ev {
+                        if let Some(l) = &live {
+                            l.tick(i, t);
+                        }
+                        continue;
+                    }
                     if tx.send((i, ev)).is_err() {
                         return;
                     }
@@ -141,6 +152,8 @@ struct Ctx {
     /// (first due instant in unix ns, rate, messages published)
     published: Option<(u64, f64, u64)>,
     reports: Vec<WorkerReport>,
+    /// The progress line's state, when one is shown.
+    live: Option<Arc<Live>>,
 }
 
 pub fn run(cli: Cli) -> i32 {
@@ -148,19 +161,32 @@ pub fn run(cli: Cli) -> i32 {
     let plan = match Plan::new(&cli, limits) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("crier-load: {e}");
+            progress::warn(&e);
             return 1;
         }
     };
+    if plan.quiet {
+        progress::set_quiet();
+    }
     if let Some(cpu) = plan.pin_cpu
         && let Err(e) = sys::pin(cpu)
     {
-        eprintln!("crier-load: {e}");
+        progress::warn(&e);
         return 1;
     }
     for w in &plan.warnings {
-        eprintln!("crier-load: warning: {w}");
+        progress::warn(&format!("warning: {w}"));
     }
+    // The live line: on a terminal, unless the report is JSON or --quiet asks for silence.
+    let live = (!plan.json && !plan.quiet && progress::stderr_is_tty()).then(|| {
+        let after = match &plan.publish {
+            Some(p) => Duration::from_secs_f64(p.count as f64 / p.rate) + plan.grace,
+            None => plan.hold,
+        };
+        let active = plan.workers.iter().filter(|(_, n)| *n > 0).count();
+        Live::new(active, plan.connections, plan.connect_rate, plan.publish.as_ref().map_or(0, |p| p.count), after)
+    });
+    let mut drawer = live.clone().map(Drawer::start);
     sys::raise_nofile();
     let started = Instant::now();
     let mut rep = Report {
@@ -183,19 +209,23 @@ pub fn run(cli: Cli) -> i32 {
         after: vec![None; plan.server_pids.len()],
         published: None,
         reports: Vec::new(),
+        live,
         plan,
     };
     let outcome = phases(&mut ctx, &mut rep);
+    if let Some(d) = drawer.as_mut() {
+        d.stop();
+    }
     let mut fatal = false;
     match outcome {
         Ok(()) => {}
         Err(Stop::Timeout(msg)) => {
             rep.timed_out = true;
-            eprintln!("crier-load: {msg}");
+            progress::warn(&msg);
         }
         Err(Stop::Error(msg)) => {
             fatal = true;
-            eprintln!("crier-load: {msg}");
+            progress::warn(&msg);
             rep.problems.push(msg);
         }
     }
@@ -227,7 +257,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn note(msg: &str) {
-    eprintln!("crier-load: {msg}");
+    progress::note(msg);
 }
 
 fn sample_into(pids: &[u32], into: &mut [Option<ProcSample>]) {
@@ -272,6 +302,8 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
             max_seq: plan.publish.as_ref().map_or(0, |p| p.count),
             deadline_ns,
             pin_cpu: plan.pin_cpu,
+            channels: plan.channel_spec.clone(),
+            progress_ms: ctx.live.is_some().then_some(progress::TICK_MS),
         })
         .collect();
     if plan.connections > 0 {
@@ -284,7 +316,13 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
             plan.src_ips.len().max(1)
         ));
     }
-    ctx.workers = Some(Workers::spawn(configs).map_err(Stop::Error)?);
+    ctx.workers = Some(Workers::spawn(configs, ctx.live.clone()).map_err(Stop::Error)?);
+    let live = ctx.live.clone();
+    let phase = |p: Phase| {
+        if let Some(l) = &live {
+            l.set_phase(p);
+        }
+    };
     let workers = ctx.workers.as_mut().expect("workers");
 
     // ---- connect
@@ -308,6 +346,7 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
         let left =
             ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(reserve).max(Duration::from_secs(1));
         note("storm: every connection drops and reconnects now");
+        phase(Phase::Storm);
         workers.send(&Command::Storm { timeout_ms: left.as_millis() as u64 })?;
         let storms = workers.collect("the storm", ctx.deadline + Duration::from_secs(1), |ev| match ev {
             WorkerEvent::StormDone(s) => Some(s),
@@ -333,6 +372,7 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
         ));
         let running =
             publisher::start(conn_pub.take().expect("connected publisher"), pb, start, start_ns, ctx.deadline);
+        phase(Phase::Publishing { start, count: pb.count, rate: pb.rate });
         let mut soak = (plan.mode == Mode::Soak)
             .then(|| SoakSummary { interval_seconds: plan.sample_interval.as_secs_f64(), ..Default::default() });
         let mut next_sample = Instant::now();
@@ -349,10 +389,16 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
                 timed_out = true;
                 break;
             }
+            if let Some(l) = &live {
+                l.set_published(running.written());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         let (sockets, secs, n) = running.join();
         published = n;
+        if let Some(l) = &live {
+            l.set_published(n);
+        }
         if let Some(mut s) = soak {
             s.samples.push(soak_sample(&plan.server_pids, start));
             s.rss_slope_bytes_per_hour = (0..plan.server_pids.len())
@@ -387,6 +433,7 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
     } else {
         note(&format!("holding the connections for {:.1} s", plan.hold.as_secs_f64()));
         let until = Instant::now() + plan.hold;
+        phase(Phase::Holding { until });
         while Instant::now() < until {
             if Instant::now() >= ctx.deadline {
                 return Err(Stop::Timeout("--timeout while holding".into()));
@@ -396,7 +443,14 @@ fn phases(ctx: &mut Ctx, rep: &mut Report) -> Result<(), Stop> {
     }
 
     // ---- collect
-    workers.send(&Command::Finish { published, grace_ms: plan.grace.as_millis() as u64 })?;
+    let channel_published = match (&plan.channel_spec, plan.publish.as_ref().and_then(|p| p.schedule.as_ref())) {
+        (Some(cs), Some(s)) => channels::per_channel(s, cs.count, published),
+        _ => Vec::new(),
+    };
+    if plan.publish.is_some() {
+        phase(Phase::Draining { until: Instant::now() + plan.grace });
+    }
+    workers.send(&Command::Finish { published, grace_ms: plan.grace.as_millis() as u64, channel_published })?;
     ctx.reports = workers.collect("reports", ctx.deadline + plan.grace, |ev| match ev {
         WorkerEvent::Report(r) => Some(*r),
         _ => None,
@@ -457,7 +511,14 @@ fn finish_report(ctx: &Ctx, rep: &mut Report) {
     let plan = &ctx.plan;
     rep.elapsed_seconds = ctx.started.elapsed().as_secs_f64();
     let (start_ns, rate, published) = ctx.published.unwrap_or((0, 1.0, 0));
-    let merged = merge(&ctx.reports, published, |seq| start_ns + offset_ns(rate, seq));
+    let schedule = plan.publish.as_ref().and_then(|p| p.schedule.as_deref()).map(Vec::as_slice);
+    let merged = merge(&ctx.reports, published, |seq| start_ns + offset_ns(rate, seq), schedule);
+    if let (Some(cs), Some(s)) = (&plan.channel_spec, schedule)
+        && !ctx.reports.is_empty()
+    {
+        rep.channel_accounting =
+            Some(channels::summarize(cs, &ctx.reports, &channels::per_channel(s, cs.count, published)));
+    }
     rep.tool_cpu_seconds = merged.cpu_seconds + sys::self_cpu_seconds();
     if !ctx.reports.is_empty() {
         rep.connections.open_at_end = merged.open_at_end;

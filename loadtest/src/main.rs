@@ -1,8 +1,10 @@
 //! crier-load: the load-test tool of crier. See loadtest/README.md.
 
+mod channels;
 mod cli;
 mod coordinator;
 mod payload;
+mod progress;
 mod publisher;
 mod report;
 mod sys;

@@ -32,6 +32,33 @@ pub fn encode_into(out: &mut Vec<u8>, seq: u64, unix_ns: u64, size: usize) {
     }
 }
 
+/// Bytes the header of the `channels` workload takes:
+/// `seq,unix_nanos,channel,channel_seq,` (the last two in digits of up to `channels` − 1 and
+/// `max_seq`).
+pub fn channel_header_len(max_seq: u64, channels: u32) -> usize {
+    header_len(max_seq) + digits(u64::from(channels.max(1) - 1)) + 1 + digits(max_seq.max(1)) + 1
+}
+
+/// The `channels` workload's payload: the broadcast header followed by the channel's index
+/// and the message's sequence number within that channel.
+pub fn encode_channel_into(out: &mut Vec<u8>, seq: u64, unix_ns: u64, channel: u32, chseq: u64, size: usize) {
+    use std::io::Write;
+    out.clear();
+    write!(out, "{seq},{unix_ns:0TS_DIGITS$},{channel},{chseq},").expect("write to Vec");
+    if out.len() < size {
+        out.resize(size, b'x');
+    }
+}
+
+/// Reads `(seq, unix_ns, channel, channel_seq)` from a `channels` workload payload.
+pub fn decode_channel(payload: &[u8]) -> Option<(u64, u64, u32, u64)> {
+    let (seq, rest) = parse_num(payload)?;
+    let (ts, rest) = parse_num(rest)?;
+    let (ch, rest) = parse_num(rest)?;
+    let (chseq, _) = parse_num(rest)?;
+    Some((seq, ts, u32::try_from(ch).ok()?, chseq))
+}
+
 #[cfg(test)]
 pub fn encode(seq: u64, unix_ns: u64, size: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(size);
@@ -90,6 +117,20 @@ mod tests {
         encode_into(&mut buf, 8, 10, 40);
         assert_eq!(buf.len(), 40);
         assert_eq!(decode(&buf), Some((8, 10)));
+    }
+
+    #[test]
+    fn channel_payloads() {
+        let mut buf = Vec::new();
+        encode_channel_into(&mut buf, 12, 1_700_000_000_000_000_001, 999, 3, 128);
+        assert_eq!(buf.len(), 128);
+        assert!(buf.starts_with(b"12,1700000000000000001,999,3,xx"));
+        assert_eq!(decode_channel(&buf), Some((12, 1_700_000_000_000_000_001, 999, 3)));
+        // The broadcast decoder still reads the first two fields.
+        assert_eq!(decode(&buf), Some((12, 1_700_000_000_000_000_001)));
+        encode_channel_into(&mut buf, 20_000, 5, 999, 20_000, 0);
+        assert_eq!(buf.len(), channel_header_len(20_000, 1000));
+        assert_eq!(decode_channel(&encode(1, 5, 64)), None, "a broadcast payload has no channel");
     }
 
     #[test]

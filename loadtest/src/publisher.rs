@@ -2,6 +2,8 @@
 //! a fixed timetable (message `seq` is due at `start + (seq-1)/rate`) and never wait for
 //! replies; the payload carries the scheduled time, so a server that stalls the socket
 //! shows up as latency. Readers count the pipelined `+OK <seq>` / `-ERR` replies.
+//! In the `channels` workload each message goes to the channel its timetable names, with
+//! that channel's own sequence number in the payload.
 
 use crate::cli::PublishSpec;
 use crate::payload;
@@ -126,6 +128,9 @@ fn write_loop(
     let kind = if spec.binary { "binary" } else { "text" };
     let mut buf = Vec::with_capacity(spec.size);
     let mut head = Vec::with_capacity(64);
+    let schedule = spec.schedule.as_deref();
+    // Channels mode: messages so far per channel (the next one's channel sequence number).
+    let mut chseq: Vec<u64> = schedule.map_or(Vec::new(), |s| vec![0; s.iter().max().map_or(0, |&m| m as usize + 1)]);
     for seq in 1..=spec.count {
         let off = spec.offset_ns(seq);
         let due = start + Duration::from_nanos(off);
@@ -143,9 +148,19 @@ fn write_loop(
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             return Some("stopped before the end (deadline)".into());
         }
-        payload::encode_into(&mut buf, seq, start_unix_ns + off, spec.size);
         head.clear();
-        let _ = write!(head, "PUB {} {} {kind}\r\n", spec.channel, buf.len());
+        match schedule {
+            Some(s) => {
+                let ch = s[seq as usize - 1];
+                chseq[ch as usize] += 1;
+                payload::encode_channel_into(&mut buf, seq, start_unix_ns + off, ch, chseq[ch as usize], spec.size);
+                let _ = write!(head, "PUB ch{ch} {} {kind}\r\n", buf.len());
+            }
+            None => {
+                payload::encode_into(&mut buf, seq, start_unix_ns + off, spec.size);
+                let _ = write!(head, "PUB {} {} {kind}\r\n", spec.channel, buf.len());
+            }
+        }
         let r = w.write_all(&head).and_then(|_| w.write_all(&buf)).and_then(|_| w.write_all(b"\r\n"));
         if let Err(e) = r {
             return Some(format!("write: {e}"));
@@ -198,6 +213,11 @@ fn read_loop(stream: UnixStream, deadline: Instant, st: &SocketStats) -> ReaderO
 }
 
 impl Running {
+    /// Messages written so far to the slowest socket (for the progress line).
+    pub fn written(&self) -> u64 {
+        self.handles.iter().map(|(_, s, _, _)| s.written.load(Ordering::Relaxed)).min().unwrap_or(0)
+    }
+
     /// True when every writer has written its last message.
     pub fn writers_done(&self) -> bool {
         self.handles.iter().all(|(_, s, _, _)| s.writer_done.load(Ordering::SeqCst))
@@ -293,8 +313,15 @@ mod tests {
         let (fa, fb) = (fake_crier(&a), fake_crier(&b));
         let c = connect(&[a.clone(), b.clone()]).unwrap();
         ping(&c, Duration::from_secs(5)).unwrap();
-        let spec =
-            PublishSpec { sockets: vec![a, b], channel: "chan".into(), binary: true, size: 64, rate: 200.0, count: 20 };
+        let spec = PublishSpec {
+            sockets: vec![a, b],
+            channel: "chan".into(),
+            binary: true,
+            size: 64,
+            rate: 200.0,
+            count: 20,
+            schedule: None,
+        };
         let t0 = 1_000_000_000_000u64;
         let started = Instant::now();
         let run = start(c, &spec, started, t0, started + Duration::from_secs(20));
@@ -333,6 +360,7 @@ mod tests {
             size: 40,
             rate: 1000.0,
             count: 3,
+            schedule: None,
         };
         let now = Instant::now();
         let run = start(connect(&[a]).unwrap(), &spec, now, 1, now + Duration::from_secs(20));

@@ -5,6 +5,10 @@
 //! highest one seen have arrived. In-order delivery (the expected case) shifts it by one
 //! bit per message. A message older than the window is counted as out of order; whether it
 //! was also a duplicate can no longer be told.
+//!
+//! In the `channels` workload a connection has one such tracker per subscribed channel
+//! ([`ChannelTrackers`]), fed with the per-channel sequence number each payload carries, so
+//! loss, duplicates and disorder are told apart per channel.
 
 const WORDS: usize = 8;
 /// How far back (in messages) duplicates are recognised.
@@ -98,6 +102,61 @@ impl SeqTracker {
     pub fn complete(&self, published: u64) -> bool {
         self.unique() >= published
     }
+    /// Holes so far: numbers below the highest seen that have not arrived (lost unless
+    /// they still come, out of order). For the live progress line.
+    pub fn gaps(&self) -> u64 {
+        self.max_seen.saturating_sub(self.unique())
+    }
+}
+
+/// One connection's trackers in the `channels` workload: one per subscribed channel.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelTrackers {
+    /// (channel index, its tracker), ascending by channel; k is small (crier allows 64).
+    subs: Box<[(u32, SeqTracker)]>,
+}
+
+/// What one channel of one connection saw, given how many were published to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelCount {
+    pub channel: u32,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
+impl ChannelTrackers {
+    pub fn new(channels: &[u32]) -> Self {
+        Self { subs: channels.iter().map(|&c| (c, SeqTracker::new())).collect() }
+    }
+
+    /// Records `chseq` on `channel`; `None` if the connection is not subscribed to it (a
+    /// server that delivered another channel's message here).
+    pub fn observe(&mut self, channel: u32, chseq: u64) -> Option<Seen> {
+        let (_, t) = self.subs.iter_mut().find(|(c, _)| *c == channel)?;
+        Some(t.observe(chseq))
+    }
+
+    #[cfg(test)]
+    pub fn channels(&self) -> impl Iterator<Item = u32> + '_ {
+        self.subs.iter().map(|(c, _)| *c)
+    }
+
+    /// Per subscribed channel, with `published[c]` messages published to channel c.
+    pub fn counts<'a>(&'a self, published: &'a [u64]) -> impl Iterator<Item = ChannelCount> + 'a {
+        self.subs.iter().map(move |(c, t)| {
+            let p = published.get(*c as usize).copied().unwrap_or(0);
+            ChannelCount { channel: *c, lost: t.lost(p), duplicated: t.duplicates(), out_of_order: t.out_of_order() }
+        })
+    }
+
+    pub fn complete(&self, published: &[u64]) -> bool {
+        self.subs.iter().all(|(c, t)| t.complete(published.get(*c as usize).copied().unwrap_or(0)))
+    }
+
+    pub fn gaps(&self) -> u64 {
+        self.subs.iter().map(|(_, t)| t.gaps()).sum()
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +231,31 @@ mod tests {
             }
             assert_eq!(t.observe(1 + jump), Seen::Duplicate);
         }
+    }
+
+    #[test]
+    fn per_channel_accounting() {
+        let mut t = ChannelTrackers::new(&[3, 9]);
+        for s in [1, 2, 3] {
+            assert_eq!(t.observe(3, s), Some(Seen::New));
+        }
+        assert_eq!(t.observe(9, 2), Some(Seen::New));
+        assert_eq!(t.observe(9, 1), Some(Seen::OutOfOrder));
+        assert_eq!(t.observe(9, 1), Some(Seen::Duplicate));
+        assert_eq!(t.observe(9, 4), Some(Seen::New));
+        assert_eq!(t.observe(4, 1), None, "not subscribed to channel 4");
+        assert_eq!(t.gaps(), 1, "channel 9 misses 3 so far");
+        let mut published = vec![0u64; 10];
+        published[3] = 4;
+        published[9] = 4;
+        let c: Vec<ChannelCount> = t.counts(&published).collect();
+        assert_eq!(c[0], ChannelCount { channel: 3, lost: 1, duplicated: 0, out_of_order: 0 });
+        assert_eq!(c[1], ChannelCount { channel: 9, lost: 1, duplicated: 1, out_of_order: 1 });
+        assert!(!t.complete(&published));
+        published[3] = 3;
+        published[9] = 2;
+        assert!(t.complete(&published));
+        assert_eq!(t.channels().collect::<Vec<_>>(), vec![3, 9]);
     }
 
     #[test]

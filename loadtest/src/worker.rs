@@ -7,21 +7,18 @@
 
 use crate::cli::WorkerConfig;
 use crate::payload;
+use crate::progress::ProgressTick;
 use crate::report::{ConnectPhase, StormPhase, WorkerEvent, WorkerReport, hist_to_pairs, new_hist};
 use crate::sys;
-use crate::tracker::{Seen, SeqTracker};
-use crate::ws::{self, Event, FrameReader, Response, Rng};
+use crate::tracker::{ChannelTrackers, Seen, SeqTracker};
+use crate::ws::{self, Event, FrameReader, Rng};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Write};
-use std::net::SocketAddr;
+use std::io::{BufRead, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::io::unix::AsyncFd;
-use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -30,7 +27,13 @@ pub enum Command {
     /// `timeout_ms`.
     Storm { timeout_ms: u64 },
     /// `published` messages went out: wait up to `grace_ms` for them, then report.
-    Finish { published: u64, grace_ms: u64 },
+    /// Channels mode: `channel_published[c]` of them went to channel c.
+    Finish {
+        published: u64,
+        grace_ms: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        channel_published: Vec<u64>,
+    },
 }
 
 const SCRATCH: usize = 64 * 1024;
@@ -54,6 +57,8 @@ struct Conn {
     deflate: bool,
     reader: FrameReader,
     tracker: SeqTracker,
+    /// Channels mode: one tracker per subscribed channel (empty otherwise).
+    chans: ChannelTrackers,
 }
 
 #[derive(Default)]
@@ -77,6 +82,10 @@ struct Shared {
     dec: flate2::Decompress,
     rng: Rng,
     latency: Histogram<u64>,
+    /// Latencies since the last progress event (only when the parent shows progress).
+    recent: Option<Histogram<u64>>,
+    /// Channels mode: messages published per channel (known at `Finish`).
+    channel_published: Vec<u64>,
     last_recv: Vec<u64>,
     recv_count: Vec<u32>,
     deliveries: u64,
@@ -102,6 +111,7 @@ impl Shared {
                     deflate: false,
                     reader: FrameReader::new(),
                     tracker: SeqTracker::new(),
+                    chans: ChannelTrackers::default(),
                 })
                 .collect(),
             scratch: vec![0; SCRATCH],
@@ -109,6 +119,8 @@ impl Shared {
             dec: flate2::Decompress::new(false),
             rng: Rng::new(sys::unix_ns() ^ (u64::from(cfg.index) << 48) ^ u64::from(std::process::id())),
             latency: new_hist(),
+            recent: cfg.progress_ms.map(|_| new_hist()),
+            channel_published: Vec::new(),
             last_recv: vec![0; m],
             recv_count: vec![0; m],
             deliveries: 0,
@@ -132,11 +144,13 @@ impl Shared {
     /// connection is over.
     fn on_data(&mut self, idx: usize, data: &[u8], now: u64, out: &mut Vec<u8>) -> Option<String> {
         let mask = self.mask();
+        let channels_mode = self.cfg.channels.is_some();
         let Shared {
             conns,
             inflated,
             dec,
             latency,
+            recent,
             last_recv,
             recv_count,
             deliveries,
@@ -158,7 +172,12 @@ impl Shared {
                 } else {
                     p
                 };
-                let Some((seq, ts)) = payload::decode(body) else {
+                let decoded = if channels_mode {
+                    payload::decode_channel(body).map(|(seq, ts, ch, chseq)| (seq, ts, Some((ch, chseq))))
+                } else {
+                    payload::decode(body).map(|(seq, ts)| (seq, ts, None))
+                };
+                let Some((seq, ts, chan)) = decoded else {
                     *malformed += 1;
                     return true;
                 };
@@ -166,12 +185,27 @@ impl Shared {
                     *unexpected += 1;
                     return true;
                 }
+                let seen = match chan {
+                    None => conn.tracker.observe(seq),
+                    Some((ch, chseq)) => match conn.chans.observe(ch, chseq) {
+                        Some(seen) => seen,
+                        None => {
+                            // Another channel's message: the server misrouted it.
+                            *unexpected += 1;
+                            return true;
+                        }
+                    },
+                };
                 *deliveries += 1;
                 if z {
                     *compressed += 1;
                 }
-                latency.saturating_record((now.saturating_sub(ts) / 1000).max(1));
-                if conn.tracker.observe(seq) != Seen::Duplicate {
+                let us = (now.saturating_sub(ts) / 1000).max(1);
+                latency.saturating_record(us);
+                if let Some(h) = recent {
+                    h.saturating_record(us);
+                }
+                if seen != Seen::Duplicate {
                     let i = seq as usize - 1;
                     recv_count[i] += 1;
                     last_recv[i] = last_recv[i].max(now);
@@ -211,13 +245,33 @@ impl Shared {
             cpu_seconds: sys::self_cpu_seconds(),
             ..Default::default()
         };
+        if let Some(cs) = &self.cfg.channels {
+            let n = cs.count as usize;
+            r.channel_subscribers = vec![0; n];
+            r.channel_lost = vec![0; n];
+            r.channel_duplicated = vec![0; n];
+            r.channel_out_of_order = vec![0; n];
+        }
         for c in &self.conns {
             if !matches!(c.state, State::Open | State::Closed) {
                 continue;
             }
             r.subscribed += 1;
             r.open_at_end += u64::from(c.state == State::Open);
-            let (l, d, o) = (c.tracker.lost(published), c.tracker.duplicates(), c.tracker.out_of_order());
+            let (l, d, o) = if self.cfg.channels.is_some() {
+                let (mut l, mut d, mut o) = (0, 0, 0);
+                for cc in c.chans.counts(&self.channel_published) {
+                    let i = cc.channel as usize;
+                    r.channel_subscribers[i] += 1;
+                    r.channel_lost[i] += cc.lost;
+                    r.channel_duplicated[i] += cc.duplicated;
+                    r.channel_out_of_order[i] += cc.out_of_order;
+                    (l, d, o) = (l + cc.lost, d + cc.duplicated, o + cc.out_of_order);
+                }
+                (l, d, o)
+            } else {
+                (c.tracker.lost(published), c.tracker.duplicates(), c.tracker.out_of_order())
+            };
             r.lost += l;
             r.duplicated += d;
             r.out_of_order += o;
@@ -232,11 +286,41 @@ impl Shared {
     }
 
     fn all_complete(&self, published: u64) -> bool {
-        self.conns.iter().filter(|c| c.state == State::Open).all(|c| c.tracker.complete(published))
+        let open = self.conns.iter().filter(|c| c.state == State::Open);
+        if self.cfg.channels.is_some() {
+            open.clone().all(|c| c.chans.complete(&self.channel_published))
+        } else {
+            open.clone().all(|c| c.tracker.complete(published))
+        }
+    }
+
+    /// What the parent's progress line shows, and a fresh interval for the latency.
+    fn progress(&mut self) -> ProgressTick {
+        let channels = self.cfg.channels.is_some();
+        let mut t = ProgressTick { deliveries: self.deliveries, ..Default::default() };
+        for c in self.conns.iter().filter(|c| c.state == State::Open) {
+            t.open += 1;
+            t.gaps += if channels { c.chans.gaps() } else { c.tracker.gaps() };
+        }
+        if let Some(h) = self.recent.as_mut() {
+            t.latency_us = hist_to_pairs(h);
+            h.reset();
+        }
+        t
     }
 }
 
 type Sh = Rc<RefCell<Shared>>;
+
+/// How a connection's read loop ended.
+enum End {
+    Storm,
+    Closed(String),
+}
+
+#[path = "worker_io.rs"]
+mod io;
+use io::conn_task;
 
 fn emit(ev: &WorkerEvent) {
     let line = serde_json::to_string(ev).expect("serialize event");
@@ -302,7 +386,19 @@ pub fn main() -> ! {
 async fn run(cfg: WorkerConfig, mut rx: tokio::sync::mpsc::UnboundedReceiver<Command>) {
     let n = cfg.connections;
     let rate = cfg.connect_rate;
+    let progress_ms = cfg.progress_ms;
     let sh: Sh = Rc::new(RefCell::new(Shared::new(cfg)));
+    if let Some(ms) = progress_ms {
+        let sh = sh.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ms.max(50)));
+            loop {
+                tick.tick().await;
+                let t = sh.borrow_mut().progress();
+                emit(&WorkerEvent::Progress(t));
+            }
+        });
+    }
 
     // Connect phase: connection j starts at j / rate.
     let start = Instant::now();
@@ -364,8 +460,9 @@ async fn run(cfg: WorkerConfig, mut rx: tokio::sync::mpsc::UnboundedReceiver<Com
                 drop(s);
                 emit(&WorkerEvent::StormDone(phase));
             }
-            Command::Finish { published, grace_ms } => {
+            Command::Finish { published, grace_ms, channel_published } => {
                 let published = published.min(sh.borrow().last_recv.len() as u64);
+                sh.borrow_mut().channel_published = channel_published;
                 let until = Instant::now() + Duration::from_millis(grace_ms);
                 while !sh.borrow().all_complete(published) && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -377,357 +474,6 @@ async fn run(cfg: WorkerConfig, mut rx: tokio::sync::mpsc::UnboundedReceiver<Com
     }
 }
 
-fn io_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "refused".into(),
-        Some(libc::ECONNRESET) => "reset".into(),
-        Some(libc::EADDRNOTAVAIL) => "no_local_port".into(),
-        Some(libc::EADDRINUSE) => "address_in_use".into(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files".into(),
-        Some(libc::ETIMEDOUT) => "timeout".into(),
-        Some(libc::EPIPE) => "broken_pipe".into(),
-        _ => format!("io:{:?}", e.kind()),
-    }
-}
-
-/// TCP connect from the connection's source address, then the WebSocket upgrade.
-/// Returns the stream, whether permessage-deflate was negotiated, and any frame bytes that
-/// arrived with the response.
-async fn connect(sh: &Sh, idx: usize) -> Result<(TcpStream, bool, Vec<u8>), String> {
-    let (target, src, req, key, timeout) = {
-        let mut s = sh.borrow_mut();
-        let key = ws::new_key(&mut s.rng);
-        let cfg = &s.cfg;
-        let src = (!cfg.src_ips.is_empty())
-            .then(|| cfg.src_ips[((cfg.first + idx as u64) % cfg.src_ips.len() as u64) as usize]);
-        let req = ws::request(&s.request_host, &cfg.path, &key, cfg.deflate);
-        (cfg.target, src, req, key, Duration::from_millis(cfg.connect_timeout_ms))
-    };
-    let attempt = async {
-        let socket = match target {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(|e| io_reason(&e))?;
-        if let Some(ip) = src {
-            use std::os::fd::AsRawFd;
-            let one: libc::c_int = 1;
-            // SAFETY: valid fd and option value. Defers the port choice to connect(), so
-            // ports are shared across destinations (best effort: ignore failure).
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-            socket.bind(SocketAddr::new(ip.into(), 0)).map_err(|e| io_reason(&e))?;
-        }
-        let mut stream = socket.connect(target).await.map_err(|e| io_reason(&e))?;
-        let _ = stream.set_nodelay(true);
-        stream.write_all(&req).await.map_err(|e| io_reason(&e))?;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 1024];
-        loop {
-            stream.readable().await.map_err(|e| io_reason(&e))?;
-            match stream.try_read(&mut chunk) {
-                Ok(0) => return Err("eof_in_handshake".to_string()),
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_reason(&e)),
-            }
-            match ws::parse_response(&buf, &key) {
-                Ok(Response::Partial) => continue,
-                Ok(Response::Upgraded { head_len, deflate }) => {
-                    return Ok((stream, deflate, buf[head_len..].to_vec()));
-                }
-                Err(e) => return Err(e.reason()),
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err("timeout".into()),
-    }
-}
-
-enum End {
-    Storm,
-    Closed(String),
-}
-
-async fn conn_task(sh: Sh, idx: usize) {
-    let mut reconnecting = false;
-    loop {
-        match connect(&sh, idx).await {
-            Ok((stream, deflate, rest)) => {
-                let end = match stream.into_std().and_then(|std| {
-                    // SAFETY: the AsyncFd owns the std stream, whose fd stays open and
-                    // unchanged until the AsyncFd is dropped.
-                    unsafe { AsyncFd::register(std) }.map_err(std::io::Error::from)
-                }) {
-                    Ok(afd) => {
-                        let mut out = Vec::new();
-                        let early_end = {
-                            let mut s = sh.borrow_mut();
-                            let now = sys::unix_ns();
-                            opened(&mut s, idx, afd.get_ref(), deflate, reconnecting, now);
-                            if rest.is_empty() { None } else { s.on_data(idx, &rest, now, &mut out) }
-                        };
-                        let w = write_all(&afd, &out).await;
-                        match (early_end, w) {
-                            (Some(reason), _) => End::Closed(reason),
-                            (None, Err(e)) => End::Closed(io_reason(&e)),
-                            (None, Ok(())) => read_loop(&sh, idx, &afd).await,
-                        }
-                    }
-                    Err(e) => End::Closed(io_reason(&e)),
-                };
-                let mut s = sh.borrow_mut();
-                let c = &mut s.conns[idx];
-                c.fd = -1;
-                c.reader = FrameReader::new();
-                match end {
-                    End::Storm => {
-                        c.state = State::Reconnecting;
-                        reconnecting = true;
-                    }
-                    End::Closed(reason) => {
-                        c.state = State::Closed;
-                        *s.closed.entry(reason).or_insert(0) += 1;
-                        return;
-                    }
-                }
-            }
-            Err(reason) => {
-                if !failed_attempt(&sh, idx, reason, reconnecting) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if sh.borrow().storm.give_up {
-                    sh.borrow_mut().conns[idx].state = State::Failed;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Books a connection that just upgraded.
-fn opened(s: &mut Shared, idx: usize, stream: &std::net::TcpStream, deflate: bool, reconnecting: bool, now: u64) {
-    use std::os::fd::AsRawFd;
-    let c = &mut s.conns[idx];
-    c.state = State::Open;
-    c.fd = stream.as_raw_fd();
-    c.deflate = deflate;
-    c.reader = FrameReader::new();
-    if reconnecting {
-        let st = &mut s.storm;
-        st.back += 1;
-        st.last_back_ns = st.last_back_ns.max(now);
-        let us = now.saturating_sub(st.drop_ns) / 1000;
-        if let Some(h) = st.reconnect.as_mut() {
-            h.saturating_record(us.max(1));
-        }
-    } else {
-        s.first_done += 1;
-        s.connect.ok += 1;
-        s.connect.last_ok_ns = s.connect.last_ok_ns.max(now);
-        s.connect.deflate_negotiated += u64::from(deflate);
-    }
-}
-
-/// Writes all of `buf` (pongs and close replies: small and rare).
-async fn write_all(afd: &AsyncFd<std::net::TcpStream>, buf: &[u8]) -> std::io::Result<()> {
-    let mut pos = 0;
-    while pos < buf.len() {
-        match afd.get_ref().write(&buf[pos..]) {
-            Ok(n) => pos += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut g = afd.writable().await?;
-                g.clear_ready();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Records a failed connect; true if the connection should try again (during a storm).
-fn failed_attempt(sh: &Sh, idx: usize, reason: String, reconnecting: bool) -> bool {
-    let mut s = sh.borrow_mut();
-    if !reconnecting {
-        s.first_done += 1;
-        s.connect.failed += 1;
-        *s.connect.failures.entry(reason).or_insert(0) += 1;
-        s.conns[idx].state = State::Failed;
-        return false;
-    }
-    s.storm.failed_attempts += 1;
-    *s.storm.failures.entry(reason).or_insert(0) += 1;
-    if s.storm.give_up {
-        s.conns[idx].state = State::Failed;
-        return false;
-    }
-    true
-}
-
-async fn read_loop(sh: &Sh, idx: usize, afd: &AsyncFd<std::net::TcpStream>) -> End {
-    let mut out = Vec::new();
-    loop {
-        let mut guard = match afd.readable().await {
-            Ok(g) => g,
-            Err(e) => return End::Closed(io_reason(&e)),
-        };
-        let mut end = None;
-        {
-            let mut borrow = sh.borrow_mut();
-            let s = &mut *borrow;
-            if s.conns[idx].state == State::Reconnecting {
-                return End::Storm;
-            }
-            let mut scratch = std::mem::take(&mut s.scratch);
-            loop {
-                match afd.get_ref().read(&mut scratch) {
-                    Ok(0) => {
-                        end = Some("eof".to_string());
-                        break;
-                    }
-                    Ok(k) => {
-                        if let Some(r) = s.on_data(idx, &scratch[..k], sys::unix_ns(), &mut out) {
-                            end = Some(r);
-                            break;
-                        }
-                        if k < scratch.len() {
-                            // Drained (a short read): no second recv just to see EAGAIN.
-                            // clear_ready keeps any readiness that arrived since the wake.
-                            guard.clear_ready();
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        end = Some(io_reason(&e));
-                        break;
-                    }
-                }
-            }
-            s.scratch = scratch;
-        }
-        drop(guard);
-        if !out.is_empty() {
-            let w = write_all(afd, &out).await;
-            out.clear();
-            if out.capacity() > 1024 {
-                out = Vec::new();
-            }
-            if let Err(e) = w
-                && end.is_none()
-            {
-                end = Some(io_reason(&e));
-            }
-        }
-        if let Some(reason) = end {
-            return End::Closed(reason);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(max_seq: u64) -> WorkerConfig {
-        WorkerConfig {
-            index: 0,
-            target: "127.0.0.1:1".parse().unwrap(),
-            host_header: "127.0.0.1:1".into(),
-            path: "/ws".into(),
-            first: 0,
-            connections: 2,
-            src_ips: vec![],
-            connect_rate: 1.0,
-            connect_timeout_ms: 1000,
-            deflate: false,
-            max_seq,
-            deadline_ns: 0,
-            pin_cpu: None,
-        }
-    }
-
-    fn text(payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x81];
-        if payload.len() < 126 {
-            v.push(payload.len() as u8);
-        } else {
-            v.push(126);
-            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        v.extend_from_slice(payload);
-        v
-    }
-
-    #[test]
-    fn accounting_from_bytes_on_the_wire() {
-        let mut s = Shared::new(cfg(3));
-        for c in &mut s.conns {
-            c.state = State::Open;
-        }
-        let t0 = 1_700_000_000_000_000_000u64;
-        let mut out = Vec::new();
-        let mut wire = Vec::new();
-        for seq in [1u64, 2, 2, 3] {
-            wire.extend(text(&payload::encode(seq, t0 + seq * 1_000_000, 200)));
-        }
-        // Conn 0 receives 1,2,2,3 in pieces; conn 1 receives only message 1 and a ping.
-        for piece in wire.chunks(37) {
-            assert_eq!(s.on_data(0, piece, t0 + 10_000_000, &mut out), None);
-        }
-        let mut w1 = text(&payload::encode(1, t0 + 1_000_000, 200));
-        w1.extend([0x89, 0x02, b'h', b'i']);
-        assert_eq!(s.on_data(1, &w1, t0 + 20_000_000, &mut out), None);
-        // the pong went out, masked
-        assert_eq!(out[0], 0x8a);
-        assert_eq!(out[1], 0x82);
-        let r = s.report(3);
-        assert_eq!(r.subscribed, 2);
-        assert_eq!(r.deliveries, 5);
-        assert_eq!(r.duplicated, 1);
-        assert_eq!(r.lost, 2);
-        assert_eq!(r.connections_with_loss, 1);
-        assert_eq!(r.max_lost_per_connection, 2);
-        assert_eq!(r.recv_count, vec![2, 1, 1]);
-        assert_eq!(r.last_recv_ns[0], t0 + 20_000_000);
-        assert!(!s.all_complete(3));
-        assert!(s.all_complete(1));
-        // garbage and out-of-range sequence numbers are counted, not trusted
-        assert_eq!(s.on_data(0, &text(b"hello"), t0, &mut out), None);
-        assert_eq!(s.on_data(0, &text(&payload::encode(99, t0, 64)), t0, &mut out), None);
-        assert_eq!(s.malformed, 1);
-        assert_eq!(s.unexpected, 1);
-        // a close frame ends the connection and is answered
-        out.clear();
-        let end = s.on_data(1, &[0x88, 0x02, 0x03, 0xf0], t0, &mut out);
-        assert_eq!(end.as_deref(), Some("1008"));
-        assert_eq!(out[0], 0x88);
-    }
-
-    #[test]
-    fn commands_are_json_lines() {
-        let c = Command::Finish { published: 5, grace_ms: 100 };
-        let s = serde_json::to_string(&c).unwrap();
-        assert_eq!(s, r#"{"cmd":"finish","published":5,"grace_ms":100}"#);
-        assert_eq!(serde_json::from_str::<Command>(&s).unwrap(), c);
-        assert_eq!(
-            serde_json::from_str::<Command>(r#"{"cmd":"storm","timeout_ms":1}"#).unwrap(),
-            Command::Storm { timeout_ms: 1 }
-        );
-    }
-}
+#[path = "worker_tests.rs"]
+mod tests;

@@ -170,3 +170,134 @@ fn refuses_more_than_a_worker_can_hold() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[test]
+fn channels_round_robin_and_zipf_accounted_per_channel() {
+    let s = start_server("channels");
+    let pid = s.child.id().to_string();
+    for dist in ["round-robin", "zipf"] {
+        let (code, r) = run_load(
+            &s,
+            &[
+                "--mode",
+                "channels",
+                "-n",
+                "200",
+                "--procs",
+                "2",
+                "--channel-count",
+                "20",
+                "--channels-per-conn",
+                "3",
+                "--distribution",
+                dist,
+                "--seed",
+                "9",
+                "--count",
+                "400",
+                "--rate",
+                "800",
+                "--server-pid",
+                &pid,
+            ],
+        );
+        assert_eq!(r["connections"]["ok"], 200, "{r:#}");
+        let c = &r["channel_accounting"];
+        assert_eq!(c["channels"], 20, "{r:#}");
+        assert_eq!(c["distribution"], dist, "{r:#}");
+        // 200 connections × 3 channels over 20 channels.
+        assert_eq!(c["subscribers_mean"], 30.0, "{r:#}");
+        assert_eq!(c["channels_with_loss"], 0, "{r:#}");
+        assert_eq!(c["channels_with_duplicates"], 0, "{r:#}");
+        assert_eq!(c["channels_out_of_order"], 0, "{r:#}");
+        if dist == "round-robin" {
+            assert_eq!((c["messages_min"].as_u64(), c["messages_max"].as_u64()), (Some(20), Some(20)), "{r:#}");
+        } else {
+            assert!(c["messages_max"].as_u64().unwrap() > 3 * c["messages_min"].as_u64().unwrap(), "{r:#}");
+        }
+        let d = &r["delivery"];
+        // Each message reaches only its channel's subscribers: far fewer than everyone.
+        let expected = d["expected"].as_u64().unwrap();
+        assert!(expected > 0 && expected < 200 * 400 / 2, "{r:#}");
+        if dist == "round-robin" {
+            assert_eq!(expected, 20 * 200 * 3, "each channel: 20 messages × its subscribers");
+        }
+        assert_eq!(d["deliveries"].as_u64(), Some(expected), "{r:#}");
+        assert_eq!(d["lost"], 0, "{r:#}");
+        assert_eq!(d["unexpected_seq"], 0, "no message of a channel the connection did not ask for: {r:#}");
+        assert_eq!(d["messages_complete"], 400, "{r:#}");
+        assert_eq!(r["latency_ms"]["count"].as_u64(), Some(expected), "{r:#}");
+        assert!(r["deliveries_per_server_cpu_second"].as_f64().is_some(), "{r:#}");
+        assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r:#}");
+        assert_eq!(code, 0);
+    }
+}
+
+/// Runs crier-load under a pseudo-terminal (util-linux `script`) and returns what the
+/// terminal showed (stdout and stderr together).
+fn run_in_pty(s: &Server, extra: &[&str]) -> String {
+    let mut cmd = format!(
+        "'{LOAD}' --url ws://{}/ws --publish-socket '{}' -n 50 --rate 20 --duration 3s --timeout 60s",
+        s.ws,
+        s.publish.display()
+    );
+    for a in extra {
+        cmd += &format!(" '{a}'");
+    }
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `script` ({e}): install it with `apt-get install -y bsdutils`"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
+}
+
+#[test]
+fn progress_line_on_a_terminal_only() {
+    let s = start_server("progress");
+    let tty = run_in_pty(&s, &[]);
+    // Every redraw erases the line first; collect what was drawn.
+    let drawn: Vec<&str> = tty
+        .split("\r\x1b[2K")
+        .skip(1)
+        .filter(|l| l.starts_with("connecting") || l.starts_with("publishing") || l.starts_with("draining"))
+        .map(|l| l.split(['\r', '\n']).next().unwrap())
+        .collect();
+    assert!(drawn.iter().any(|l| l.contains("connected 50/50")), "{drawn:#?}");
+    let published: std::collections::BTreeSet<&str> =
+        drawn.iter().filter_map(|l| l.split("published ").nth(1)?.split(' ').next()).collect();
+    assert!(published.len() >= 3, "the line updates as messages go out: {published:?} in {drawn:#?}");
+    let most = published.iter().filter_map(|p| p.split('/').next()?.parse::<u64>().ok()).max().unwrap_or(0);
+    assert!(most >= 40, "{published:?}");
+    assert!(drawn.iter().any(|l| l.contains("delivered ") && !l.contains("delivered 0 ")), "{drawn:#?}");
+    assert!(drawn.iter().all(|l| l.contains(" lost ") && l.contains("p99 ") && l.contains("s elapsed")), "{drawn:#?}");
+    assert!(drawn.iter().any(|l| l.contains("s left")), "{drawn:#?}");
+    assert!(drawn.iter().any(|l| l.contains("p99 ") && !l.contains("p99 -")), "{drawn:#?}");
+    // The line is erased before notes and the report, never glued to them.
+    assert!(tty.contains("\x1b[2Kcrier-load  mode=broadcast"), "{tty}");
+    assert!(tty.contains("deliveries              3000 of 3000"), "{tty}");
+
+    // Not with --json, not with --quiet (which also drops the notes).
+    let json = run_in_pty(&s, &["--json"]);
+    assert!(!json.contains("\x1b[2K") && !json.contains("connected 50/50"), "{json}");
+    assert!(json.contains("\"deliveries\": 3000"), "{json}");
+    let quiet = run_in_pty(&s, &["--quiet"]);
+    assert!(!quiet.contains("\x1b[2K") && !quiet.contains("crier-load: opening"), "{quiet}");
+    assert!(quiet.contains("deliveries              3000 of 3000"), "{quiet}");
+
+    // Not when stderr is a pipe: the notes stay, the line does not appear.
+    let out = Command::new(LOAD)
+        .arg("--url")
+        .arg(format!("ws://{}/ws", s.ws))
+        .arg("--publish-socket")
+        .arg(&s.publish)
+        .args(["-n", "50", "--rate", "20", "--duration", "3s", "--timeout", "60s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("crier-load: opening 50 connections"), "{err}");
+    assert!(!err.contains("\x1b[2K") && !err.contains("connected 50/50"), "{err}");
+}

@@ -5,8 +5,11 @@
 //   PING\r\n                                               ->  +PONG\r\n
 //
 // Commands may be pipelined and split anywhere across reads. Lines end in \r\n or \n.
-// Channels only number the replies (seq per channel from 1): every message goes to every
-// connection, which is all crier-load needs (it publishes to '*').
+// The channel is handed to broadcast() with the payload: uws-server.js publishes to that
+// channel's topic (crier's semantics: `*` reaches everyone), ws-server.js ignores it and
+// sends every message to every connection (enough for crier-load's broadcast modes, which
+// publish to `*`; peers.sh does not run it in channels mode). Replies number the messages
+// per channel from 1, as crier does.
 
 const fs = require('node:fs');
 const net = require('node:net');
@@ -15,7 +18,7 @@ const { isUtf8 } = require('node:buffer');
 const MAX_LINE = 1024;
 const MAX_PAYLOAD = 1024 * 1024;
 
-// listenPublisher(path, broadcast(payload: Buffer, isBinary: boolean)) -> net.Server
+// listenPublisher(path, broadcast(payload: Buffer, isBinary: boolean, channel: string)) -> net.Server
 function listenPublisher(path, broadcast, onListening) {
   const seqs = new Map();
   try {
@@ -74,7 +77,7 @@ function listenPublisher(path, broadcast, onListening) {
           } else {
             const seq = (seqs.get(channel) || 0) + 1;
             seqs.set(channel, seq);
-            broadcast(payload, binary);
+            broadcast(payload, binary, channel);
             out += `+OK ${seq}\r\n`;
           }
         }

@@ -10,6 +10,13 @@
 //! are already waiting are `feed`ed and flushed together (one `write` for several frames),
 //! which is what `StreamExt::forward` does; a lone message costs what `send` costs.
 //!
+//! Channels: like crier, every connection hears the broadcast channel `*` (the
+//! `tokio::sync::broadcast` channel above) and the channels named in its URL's
+//! `?channels=a,b`. For those the peer does what tokio's chat example does for its peers,
+//! per channel: a connection registers an `mpsc::Sender` under each of its channels, and a
+//! publish to a channel `try_send`s the message (a reference-counted clone) to each of
+//! them; a connection whose queue is full ([`CHANNEL_CAPACITY`]) misses the message.
+//!
 //! Configuration is tungstenite's default `WebSocketConfig` unless `--read-buffer-size` is
 //! given. Its default read buffer is 128 KiB per connection, and tungstenite zero-fills the
 //! free part of it (up to 128 KiB) before every read attempt, so every connection touches
@@ -22,17 +29,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use crier::channel::ChannelName;
-use crier::ws::frame::MessageKind;
 use crier::publish::protocol::{self, Parsed};
+use crier::ws::frame::MessageKind;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -40,6 +50,60 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// messages, like crier's default `--max-queue-bytes`.
 const CHANNEL_CAPACITY: usize = 4096;
 const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Channel name → the queues of the connections subscribed to it, by connection id.
+#[derive(Default)]
+struct Channels {
+    next_id: AtomicU64,
+    subscribers: Mutex<HashMap<String, HashMap<u64, mpsc::Sender<Message>>>>,
+}
+
+impl Channels {
+    fn subscribe(&self, names: &[String], tx: &mpsc::Sender<Message>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.subscribers.lock().unwrap();
+        for n in names {
+            map.entry(n.clone()).or_default().insert(id, tx.clone());
+        }
+        id
+    }
+
+    fn unsubscribe(&self, names: &[String], id: u64) {
+        let mut map = self.subscribers.lock().unwrap();
+        for n in names {
+            if let Some(subs) = map.get_mut(n) {
+                subs.remove(&id);
+                if subs.is_empty() {
+                    map.remove(n);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, name: &str, msg: &Message) {
+        if let Some(subs) = self.subscribers.lock().unwrap().get(name) {
+            for tx in subs.values() {
+                let _ = tx.try_send(msg.clone()); // full: this subscriber misses it
+            }
+        }
+    }
+}
+
+/// The `channels` parameter of a request's query (`%2C` for `,` allowed); `*` and
+/// duplicates are left out (every connection hears `*` anyway).
+fn channels_of(query: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(list) = pair.strip_prefix("channels=") {
+            for c in list.replace("%2C", ",").replace("%2c", ",").split(',') {
+                if !c.is_empty() && c != "*" && !out.iter().any(|o| o == c) {
+                    out.push(c.to_string());
+                }
+            }
+        }
+    }
+    out
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -53,6 +117,7 @@ async fn main() {
         }
     };
     let (tx, _) = broadcast::channel::<Message>(CHANNEL_CAPACITY);
+    let channels = Arc::new(Channels::default());
 
     let tcp = TcpSocket::new_v4().expect("socket");
     tcp.set_reuseaddr(true).expect("SO_REUSEADDR");
@@ -72,10 +137,10 @@ async fn main() {
     loop {
         tokio::select! {
             conn = listener.accept() => if let Ok((stream, _)) = conn {
-                tokio::spawn(subscriber(stream, tx.clone(), config));
+                tokio::spawn(subscriber(stream, tx.clone(), channels.clone(), config));
             },
             conn = publishers.accept() => if let Ok((stream, _)) = conn {
-                tokio::spawn(publisher(stream, tx.clone()));
+                tokio::spawn(publisher(stream, tx.clone(), channels.clone()));
             },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -106,51 +171,67 @@ fn parse_args() -> Result<(SocketAddr, PathBuf, WebSocketConfig), String> {
 
 /// One WebSocket subscriber: every broadcast message out, incoming frames read so that
 /// pings are answered and a close is noticed.
-async fn subscriber(stream: TcpStream, tx: broadcast::Sender<Message>, config: WebSocketConfig) {
+async fn subscriber(
+    stream: TcpStream,
+    tx: broadcast::Sender<Message>,
+    channels: Arc<Channels>,
+    config: WebSocketConfig,
+) {
     let _ = stream.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
+    let mut query = None;
+    let callback = |req: &Request, resp: Response| {
+        query = req.uri().query().map(str::to_owned);
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+        return;
+    };
+    let names = channels_of(query.as_deref());
+    let (chan_tx, mut chan_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
+    let id = channels.subscribe(&names, &chan_tx);
+    drop(chan_tx);
     let mut rx = tx.subscribe();
     drop(tx);
     let (mut sink, mut source) = ws.split();
     loop {
-        tokio::select! {
-            msg = rx.recv() => {
-                let msg = match msg {
-                    Ok(msg) => msg,
-                    Err(RecvError::Lagged(_)) => continue, // fell behind: those messages are lost
-                    Err(RecvError::Closed) => break,
-                };
-                if sink.feed(msg).await.is_err() {
-                    break;
-                }
-                // Whatever else is already waiting goes out in the same write.
-                let mut ok = true;
-                loop {
-                    match rx.try_recv() {
-                        Ok(msg) => {
-                            if sink.feed(msg).await.is_err() {
-                                ok = false;
-                                break;
-                            }
-                        }
-                        Err(TryRecvError::Lagged(_)) => continue,
-                        Err(_) => break,
-                    }
-                }
-                if !ok || sink.flush().await.is_err() {
-                    break;
-                }
-            }
+        let first = tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(msg) => msg,
+                Err(RecvError::Lagged(_)) => continue, // fell behind: those messages are lost
+                Err(RecvError::Closed) => break,
+            },
+            Some(msg) = chan_rx.recv(), if !names.is_empty() => msg,
             incoming = source.next() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => {} // pongs to our pings are queued by tungstenite itself
+                Some(Ok(_)) => continue, // pongs to our pings are queued by tungstenite itself
             },
+        };
+        if sink.feed(first).await.is_err() {
+            break;
+        }
+        // Whatever else is already waiting goes out in the same write.
+        let mut ok = true;
+        loop {
+            let next = match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => chan_rx.try_recv().ok(),
+            };
+            let Some(msg) = next else { break };
+            if sink.feed(msg).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok || sink.flush().await.is_err() {
+            break;
         }
     }
+    channels.unsubscribe(&names, id);
 }
 
 /// One publisher connection speaking crier's pipelined protocol.
-async fn publisher(mut stream: UnixStream, tx: broadcast::Sender<Message>) {
+async fn publisher(mut stream: UnixStream, tx: broadcast::Sender<Message>, channels: Arc<Channels>) {
     let mut seqs: HashMap<ChannelName, u64> = HashMap::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = Vec::with_capacity(4096);
@@ -172,9 +253,13 @@ async fn publisher(mut stream: UnixStream, tx: broadcast::Sender<Message>) {
                         // The parser has checked that a text payload is UTF-8.
                         MessageKind::Text => Message::Text(Utf8Bytes::try_from(payload).expect("UTF-8")),
                     };
+                    if channel.is_broadcast() {
+                        let _ = tx.send(msg); // Err only when nobody is subscribed
+                    } else {
+                        channels.publish(channel.as_str(), &msg);
+                    }
                     let seq = seqs.entry(channel).or_insert(0);
                     *seq += 1;
-                    let _ = tx.send(msg); // Err only when nobody is subscribed
                     out.extend_from_slice(format!("+OK {seq}\r\n").as_bytes());
                 }
                 Parsed::Ping => out.extend_from_slice(b"+PONG\r\n"),
