@@ -99,6 +99,16 @@ fi
 node --version
 /usr/bin/chromium --version 2>/dev/null
 
+# TypeScript for tests/js_package.rs (tsc --strict on crier.d.ts), at the version
+# tests/js/package-lock.json pins.
+js_dir=tests/js
+want_ts=$(node -p "require('./$js_dir/package-lock.json').packages['node_modules/typescript'].version")
+have_ts=$(node -p "try { require('./$js_dir/node_modules/typescript/package.json').version } catch { '' }")
+if [ "$have_ts" != "$want_ts" ]; then
+    echo ".ci/run: installing typescript $want_ts in $js_dir"
+    (cd "$js_dir" && npm ci --no-audit --no-fund)
+fi
+
 # cargo-deb for tests/deb.rs (cargo deb builds the Debian package).
 if ! cargo deb --version >/dev/null 2>&1; then
     echo ".ci/run: installing cargo-deb"
