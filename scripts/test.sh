@@ -51,6 +51,8 @@ python3 -c 'import yaml' >/dev/null 2>&1 || apt_missing+=(python3-yaml)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
+# lintian for tests/deb.rs (the .deb that cargo deb builds has no lintian error).
+command -v lintian >/dev/null 2>&1 || apt_missing+=(lintian)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     echo ".ci/run: installing ${apt_missing[*]}"
     sudo_if_needed apt-get update -q
@@ -96,6 +98,23 @@ if [ -f "$browser_dir/package-lock.json" ]; then
 fi
 node --version
 /usr/bin/chromium --version 2>/dev/null
+
+# TypeScript for tests/js_package.rs (tsc --strict on crier.d.ts), at the version
+# tests/js/package-lock.json pins.
+js_dir=tests/js
+want_ts=$(node -p "require('./$js_dir/package-lock.json').packages['node_modules/typescript'].version")
+have_ts=$(node -p "try { require('./$js_dir/node_modules/typescript/package.json').version } catch { '' }")
+if [ "$have_ts" != "$want_ts" ]; then
+    echo ".ci/run: installing typescript $want_ts in $js_dir"
+    (cd "$js_dir" && npm ci --no-audit --no-fund)
+fi
+
+# cargo-deb for tests/deb.rs (cargo deb builds the Debian package).
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo ".ci/run: installing cargo-deb"
+    cargo install cargo-deb --locked
+fi
+cargo deb --version
 
 # The nightly toolchain and cargo-fuzz for tests/fuzz_smoke.rs (scripts/fuzz.sh runs each
 # fuzz target for a short bounded time).

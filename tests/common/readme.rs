@@ -47,3 +47,25 @@ pub fn readme_metrics() -> Vec<String> {
         })
         .collect()
 }
+
+/// The commands of the first ```sh block after the line `heading` (e.g. "## Example: a live
+/// flight board"), one per line, without comments and blank lines: what a reader would type.
+pub fn readme_commands(heading: &str) -> Vec<String> {
+    let text = readme();
+    let start = text
+        .lines()
+        .position(|l| l.trim_end() == heading)
+        .unwrap_or_else(|| panic!("README.md has no heading {heading:?}"));
+    let mut lines = text.lines().skip(start + 1).skip_while(|l| l.trim() != "```sh").skip(1);
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        if line.trim() == "```" {
+            return out;
+        }
+        let cmd = line.split(" #").next().unwrap().trim();
+        if !cmd.is_empty() && !cmd.starts_with('#') {
+            out.push(cmd.to_string());
+        }
+    }
+    panic!("the ```sh block after {heading:?} in README.md is not closed")
+}
