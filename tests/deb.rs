@@ -115,14 +115,19 @@ fn readme_shows_the_commands_and_this_version() {
 #[test]
 fn lintian_finds_no_error() {
     need(Command::new("lintian").arg("--version"), "apt-get install -y lintian");
-    let out = run(Command::new("lintian").args(["--info", "--display-level", ">=warning"]).arg(deb()));
+    let out =
+        run(Command::new("lintian").args(["--fail-on", "error", "--info", "--display-level", ">=warning"]).arg(deb()));
     let report = text(&out);
     eprintln!("lintian:\n{report}");
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("E:")).collect();
     assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
-    // Exit status 0 with --fail-on error: also catches a lintian that could not check.
-    let out = run(Command::new("lintian").args(["--fail-on", "error"]).arg(deb()));
-    assert!(out.status.success(), "lintian --fail-on error:\n{}", text(&out));
+    // The exit status too: it also catches a lintian that could not check the package.
+    assert!(out.status.success(), "lintian --fail-on error: {}\n{report}", out.status);
+    // Warnings are allowed (there are none today; the notes that remain are overridden in
+    // debian/lintian-overrides with their reasons), but shown.
+    for w in report.lines().filter(|l| l.starts_with("W:")) {
+        eprintln!("lintian warning: {w}");
+    }
 }
 
 #[test]
