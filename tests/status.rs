@@ -339,6 +339,8 @@ fn status_shows_redis_and_exits_6_when_it_is_down() {
     let mut redis = Redis::start();
     let s = Server::builder(Driver::Epoll).args(["--redis", &redis.url()]).start();
     let u = url(&s);
+    // The Redis session may come up just after the ready line.
+    wait_until(IO_TIMEOUT, "the Redis session up (/healthz 200)", || s.admin_get("/healthz").status == 200);
     let out = status(&["--admin", &u]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.contains("redis      redis up"), "{out:?}");
