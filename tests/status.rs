@@ -339,6 +339,8 @@ fn status_shows_redis_and_exits_6_when_it_is_down() {
     let mut redis = Redis::start();
     let s = Server::builder(Driver::Epoll).args(["--redis", &redis.url()]).start();
     let u = url(&s);
+    // The Redis session may come up just after the ready line.
+    wait_until(IO_TIMEOUT, "the Redis session up (/healthz 200)", || s.admin_get("/healthz").status == 200);
     let out = status(&["--admin", &u]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.contains("redis      redis up"), "{out:?}");
@@ -482,4 +484,40 @@ fn the_status_page_draws_what_metrics_says() {
     assert_eq!(rows[0][1], "3", "its subscribers: {report}");
     assert!(shot.exists(), "screenshot at {}", shot.display());
     eprintln!("screenshot: {}", shot.display());
+}
+
+#[test]
+fn thousands_of_channels_keep_stats_small() {
+    // A publisher spreading messages over 3,000 channels: /stats still lists only the 10
+    // busiest, tallies every channel, and stays a few KiB.
+    let s = Server::start(Driver::Epoll);
+    let _readers = readers(&s, &["/ws?channels=c7", "/ws?channels=c7,c8"]);
+    s.wait_connections(2);
+    let mut p = s.publisher();
+    let mut batch = Vec::new();
+    for i in 0..3000 {
+        batch.extend_from_slice(&pub_command(&format!("c{i}"), b"x", None));
+    }
+    for _ in 0..5 {
+        batch.extend_from_slice(&pub_command("c7", b"more", None));
+    }
+    p.send(&batch).unwrap();
+    for _ in 0..3005 {
+        assert!(p.expect_line().starts_with("+OK "));
+    }
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let (st, len) = loop {
+        let r = s.admin_get("/stats");
+        let st: Value = serde_json::from_slice(&r.body).unwrap();
+        let top = &st["channels"]["busiest"][0];
+        if top["name"] == "c7" && top["subscribers"] == 2 {
+            break (st, r.body.len());
+        }
+        assert!(Instant::now() < deadline, "c7 (6 messages, 2 subscribers) never came first: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(u(&st, "/channels/tallied"), 3000);
+    assert_eq!(st["channels"]["busiest"].as_array().unwrap().len(), 10, "{st}");
+    assert_eq!(u(&st, "/channels/busiest/0/messages_total"), 6);
+    assert!(len < 8 * 1024, "/stats is {len} bytes with 3,000 channels");
 }

@@ -41,6 +41,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Ask a running crier (its admin port) how it is: a table, or JSON; exits non-zero
     /// when it is unreachable or not healthy.
+    ///
+    /// Exit codes: 0 healthy, 2 bad arguments or unreadable --token-file, 3 unreachable,
+    /// 4 not healthy (/healthz 503), 5 draining, 6 Redis down, 7 token missing or wrong.
     Status(StatusArgs),
 }
 
