@@ -39,14 +39,26 @@ pub fn epoch() -> u64 {
 /// What the hub sends a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    Broadcast(Arc<Broadcast>),
+    /// Broadcasts in order, shared by every shard: see [`Hub::send_pending`].
+    Broadcasts(Batch),
     /// Stop accepting, close every connection with 1001, exit within the drain timeout.
     Drain,
 }
 
-/// A shard's queue is allowed to hold this many broadcasts, or this many bytes of their
-/// frames, before publishers (and, in cluster mode, deliveries from Redis) wait.
-pub const SHARD_QUEUE_HIGH_WATER: usize = 16 * 1024;
+/// Broadcasts handed to the shards together: one allocation and one queue operation (and
+/// at most one wake-up) per shard for the lot, instead of one per broadcast.
+pub type Batch = Arc<[Arc<Broadcast>]>;
+
+/// A batch is sent once it holds this many broadcasts or this many bytes of frames, and
+/// at the latest when its caller is done with what it read (`send_pending`). So a shard's
+/// own batch (`Shard::batch_has_room`) overshoots by at most one of these.
+pub const BATCH_BROADCASTS: usize = 64;
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// A shard's queue is allowed to hold this many batches (up to 64 broadcasts each), or
+/// this many bytes of their frames, before publishers (and, in cluster mode, deliveries
+/// from Redis) wait.
+pub const SHARD_QUEUE_HIGH_WATER: usize = 1024;
 pub const SHARD_QUEUE_HIGH_WATER_BYTES: usize = 64 << 20;
 
 /// Sequence numbers and per-channel counts, the shared compressor, and the shard queues.
@@ -56,11 +68,21 @@ pub struct Hub {
     compressor: Compressor,
     shards: Vec<flume::Sender<ShardMsg>>,
     metrics: Arc<Metrics>,
+    /// Encoded, not yet handed to the shards, and their bytes.
+    pending: Vec<Arc<Broadcast>>,
+    pending_bytes: usize,
 }
 
 impl Hub {
     pub fn new(shards: Vec<flume::Sender<ShardMsg>>, metrics: Arc<Metrics>) -> Self {
-        Self { tally: Rc::default(), compressor: Compressor::new(), shards, metrics }
+        Self {
+            tally: Rc::default(),
+            compressor: Compressor::new(),
+            shards,
+            metrics,
+            pending: Vec::with_capacity(BATCH_BROADCASTS),
+            pending_bytes: 0,
+        }
     }
 
     /// The per-channel counts, for `/stats` (same thread only: it is an `Rc`).
@@ -68,7 +90,9 @@ impl Hub {
         self.tally.clone()
     }
 
-    /// Publishes `payload` to `channel` and returns its sequence number.
+    /// Publishes `payload` to `channel` and returns its sequence number. The broadcast
+    /// reaches the shards with its batch: the caller calls [`Hub::send_pending`] before it
+    /// tells anyone the message was accepted.
     pub fn publish(&mut self, channel: ChannelName, kind: MessageKind, payload: &[u8]) -> u64 {
         let published_at = Instant::now();
         let seq = self.tally.borrow_mut().next_seq(&channel);
@@ -80,7 +104,8 @@ impl Hub {
     }
 
     /// Cluster mode: encodes and fans out a message the cluster thread received from Redis
-    /// (already numbered there, and in seq order per channel).
+    /// (already numbered there, and in seq order per channel). As with `publish`, the
+    /// caller ends with [`Hub::send_pending`].
     pub fn deliver(
         &mut self,
         channel: ChannelName,
@@ -122,17 +147,32 @@ impl Hub {
             broadcast.enveloped = Some(broadcast.build_envelope(&self.metrics, |body| compressor.compress(body)));
         }
         let broadcast = Arc::new(broadcast);
-        let size = broadcast.size();
-        for (shard, stats) in self.shards.iter().zip(&self.metrics.shards) {
-            // Taken off again by the shard when it handles the broadcast
-            // (`Shard::enqueue_broadcast`).
-            stats.queued_bytes.fetch_add(size, Relaxed);
-            // A shard that has exited (only during shutdown) just misses the message.
-            let _ = shard.send(ShardMsg::Broadcast(broadcast.clone()));
+        self.pending_bytes += broadcast.size();
+        self.pending.push(broadcast);
+        if self.pending.len() >= BATCH_BROADCASTS || self.pending_bytes >= BATCH_BYTES {
+            self.send_pending();
         }
     }
 
-    /// Whether some shard's queue is over [`SHARD_QUEUE_HIGH_WATER`] broadcasts or
+    /// Hands every shard the broadcasts encoded since the last call, as one batch they all
+    /// share. Publishers call it after each read's commands and before their `+OK`s, the
+    /// cluster deliveries whenever their queue is empty, so a batch never waits for more.
+    pub fn send_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch: Batch = self.pending.drain(..).collect();
+        for (shard, stats) in self.shards.iter().zip(&self.metrics.shards) {
+            // Taken off again by the shard as it handles each broadcast
+            // (`Shard::enqueue_broadcast`).
+            stats.queued_bytes.fetch_add(self.pending_bytes, Relaxed);
+            // A shard that has exited (only during shutdown) just misses the messages.
+            let _ = shard.send(ShardMsg::Broadcasts(batch.clone()));
+        }
+        self.pending_bytes = 0;
+    }
+
+    /// Whether some shard's queue is over [`SHARD_QUEUE_HIGH_WATER`] batches or
     /// [`SHARD_QUEUE_HIGH_WATER_BYTES`]: publishers wait while it is.
     pub fn backlogged(&self) -> bool {
         self.shards.iter().zip(&self.metrics.shards).any(|(q, stats)| {
@@ -140,8 +180,9 @@ impl Hub {
         })
     }
 
-    /// Tells every shard to drain.
-    pub fn drain(&self) {
+    /// Tells every shard to drain, after what it has not been sent yet.
+    pub fn drain(&mut self) {
+        self.send_pending();
         for shard in &self.shards {
             let _ = shard.send(ShardMsg::Drain);
         }
@@ -166,14 +207,37 @@ mod tests {
         assert_eq!(hub.publish(ChannelName::parse("gates").unwrap(), MessageKind::Text, b"x"), 1);
         assert_eq!(metrics.frames_encoded.load(Relaxed), 3);
         assert_eq!(metrics.compressions.load(Relaxed), 2);
-        let got: Vec<_> = rx0.drain().collect();
-        let got1: Vec<_> = rx1.drain().collect();
+        assert!(rx0.is_empty(), "nothing is sent before send_pending");
+        hub.send_pending();
+        let (Ok(ShardMsg::Broadcasts(got)), Ok(ShardMsg::Broadcasts(got1))) = (rx0.try_recv(), rx1.try_recv()) else {
+            panic!("one batch per shard")
+        };
+        assert!(rx0.is_empty() && rx1.is_empty(), "one batch per shard");
+        assert!(Arc::ptr_eq(&got, &got1), "both shards get the same batch");
         assert_eq!(got.len(), 3);
-        let (ShardMsg::Broadcast(a), ShardMsg::Broadcast(b)) = (&got[1], &got1[1]) else { panic!() };
-        assert!(Arc::ptr_eq(a, b), "both shards get the same broadcast");
+        let a = &got[1];
         assert!(a.deflated.is_some());
         assert_eq!(payload_of(&a.plain).as_ref(), text);
-        let ShardMsg::Broadcast(tiny) = &got[2] else { panic!() };
-        assert!(tiny.deflated.is_none(), "a payload that does not shrink is not compressed");
+        assert!(got[2].deflated.is_none(), "a payload that does not shrink is not compressed");
+        assert_eq!(metrics.shards[0].queued_bytes.load(Relaxed), got.iter().map(|b| b.size()).sum::<usize>());
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_and_order_is_kept() {
+        let metrics = Arc::new(Metrics::new(1));
+        let (tx, rx) = flume::unbounded();
+        let mut hub = Hub::new(vec![tx], metrics);
+        let ch = ChannelName::parse("c").unwrap();
+        for _ in 0..BATCH_BROADCASTS + 1 {
+            hub.publish(ch.clone(), MessageKind::Text, b"x");
+        }
+        let Ok(ShardMsg::Broadcasts(full)) = rx.try_recv() else { panic!("a full batch is sent at once") };
+        assert_eq!(full.len(), BATCH_BROADCASTS);
+        assert!(rx.is_empty(), "the rest waits for send_pending");
+        hub.drain();
+        let Ok(ShardMsg::Broadcasts(rest)) = rx.try_recv() else { panic!("drain sends what is pending first") };
+        assert!(matches!(rx.try_recv(), Ok(ShardMsg::Drain)));
+        let seqs: Vec<u64> = full.iter().chain(rest.iter()).map(|b| b.seq).collect();
+        assert_eq!(seqs, (1..=BATCH_BROADCASTS as u64 + 1).collect::<Vec<_>>());
     }
 }

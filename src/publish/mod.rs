@@ -130,7 +130,11 @@ pub fn spawn_cluster_deliveries(deliveries: crate::cluster::Deliveries, ingress:
             // this loop, which fills the bounded delivery queue and stops the cluster
             // thread reading pub/sub (see `cluster::start`).
             ingress.wait_for_shards().await;
-            ingress.hub.borrow_mut().deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
+            let mut hub = ingress.hub.borrow_mut();
+            hub.deliver(d.channel, d.seq, d.epoch, d.kind, &d.payload, d.received_at);
+            if deliveries.is_empty() {
+                hub.send_pending();
+            }
         }
     });
 }
@@ -225,6 +229,8 @@ async fn serve_inner(stream: &UnixStream, ingress: &Ingress) -> io::Result<()> {
         }
         buf.copy_within(pos..len, 0);
         len -= pos;
+        // Before any +OK goes out: an accepted message is in every shard's queue.
+        ingress.hub.borrow_mut().send_pending();
         if !awaiting.is_empty() {
             crate::cluster::splice_replies(&mut replies, &mut awaiting, &ingress.metrics).await;
         }

@@ -223,7 +223,7 @@ fn control_thread(
         // answered +OK reaches the shards before their drain order.
         let _ = stop.recv_async().await;
         metrics.draining.store(true, Relaxed);
-        ingress.hub.borrow().drain();
+        ingress.hub.borrow_mut().drain();
         // Keep serving /metrics and refusing publishers until the process exits.
         std::future::pending::<()>().await;
     });

@@ -154,10 +154,12 @@ impl Shard {
     fn apply_pending(&self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                ShardMsg::Broadcast(b) => {
-                    self.enqueue_broadcast(&b);
-                    if !self.batch_has_room() {
-                        self.flush_dirty();
+                ShardMsg::Broadcasts(batch) => {
+                    for b in batch.iter() {
+                        self.enqueue_broadcast(b);
+                        if !self.batch_has_room() {
+                            self.flush_dirty();
+                        }
                     }
                 }
                 ShardMsg::Drain => {

@@ -118,7 +118,7 @@ pub fn run(
             let mut waited = false;
             while let Some(msg) = next.take() {
                 match msg {
-                    ShardMsg::Broadcast(b) => shard.enqueue_broadcast(&b),
+                    ShardMsg::Broadcasts(batch) => batch.iter().for_each(|b| shard.enqueue_broadcast(b)),
                     ShardMsg::Drain => {
                         shard.flush_dirty();
                         shard.drain().await;
