@@ -19,8 +19,9 @@
 #           all         throughput, light, then idle
 #
 # After each report a "machine" line gives what CPUs 0 and 1 did during the run, from
-# /proc/stat: busy time, the server process's share of CPU 0, the rest ("other": other
-# processes, e.g. a compiler, plus softirq work outside the server), and hypervisor steal.
+# /proc/stat: busy time, the server process's share of CPU 0 (split into user and system
+# time, from /proc/PID/stat), the rest ("other": other processes, e.g. a compiler, plus
+# softirq work outside the server), and hypervisor steal.
 # A run with much "other" or steal on CPU 0 was disturbed.
 #
 # Environment: RUNS=N repeats every run N times (default 1); PEERS_PORT (default 18090).
@@ -153,25 +154,28 @@ stop_server() {
     server_pid=
 }
 
-# cpu_stat N: "busy steal" jiffies of CPU N; proc_cpu PID: utime + stime jiffies.
+# cpu_stat N: "busy steal" jiffies of CPU N; proc_cpu PID: "utime stime" jiffies.
 cpu_stat() { awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
-proc_cpu() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+proc_cpu() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
 machine_before() {
     read -r m_b0 m_s0 <<<"$(cpu_stat 0)"
     read -r m_b1 m_s1 <<<"$(cpu_stat 1)"
-    m_p=$(proc_cpu "$server_pid")
+    read -r m_u m_k <<<"$(proc_cpu "$server_pid")"
     m_t=$(date +%s.%N)
 }
+# The server's CPU is also split into user and system time (utime, stime), so that what its
+# own code costs is in every run beside what the kernel's write path costs.
 machine_after() {
-    local b0 s0 b1 s1 p t
+    local b0 s0 b1 s1 u k t
     read -r b0 s0 <<<"$(cpu_stat 0)"
     read -r b1 s1 <<<"$(cpu_stat 1)"
-    p=$(proc_cpu "$server_pid" 2>/dev/null || echo "$m_p")
+    read -r u k <<<"$(proc_cpu "$server_pid" 2>/dev/null || echo "$m_u $m_k")"
     t=$(date +%s.%N)
     awk -v hz="$(getconf CLK_TCK)" -v b0="$((b0 - m_b0))" -v s0="$((s0 - m_s0))" -v b1="$((b1 - m_b1))" \
-        -v s1="$((s1 - m_s1))" -v p="$((p - m_p))" -v e="$(awk -v a="$m_t" -v b="$t" 'BEGIN { print b - a }')" \
-        'BEGIN { printf "%-24sover %.1f s: cpu0 busy %.2f s (server %.2f s, other %.2f s), steal %.2f s; cpu1 busy %.2f s, steal %.2f s\n",
-            "machine", e, b0 / hz, p / hz, (b0 - p) / hz, s0 / hz, b1 / hz, s1 / hz }'
+        -v s1="$((s1 - m_s1))" -v u="$((u - m_u))" -v k="$((k - m_k))" \
+        -v e="$(awk -v a="$m_t" -v b="$t" 'BEGIN { print b - a }')" \
+        'BEGIN { p = u + k; printf "%-24sover %.1f s: cpu0 busy %.2f s (server %.2f s: user %.2f s, system %.2f s; other %.2f s), steal %.2f s; cpu1 busy %.2f s, steal %.2f s\n",
+            "machine", e, b0 / hz, p / hz, u / hz, k / hz, (b0 - p) / hz, s0 / hz, b1 / hz, s1 / hz }'
 }
 
 status=0

@@ -94,6 +94,42 @@ fn flag_beats_env_beats_file() {
 }
 
 #[test]
+fn flush_delay_auto_from_flag_env_and_file() {
+    let s = ServerBuilder::new(Driver::Epoll).args(["--flush-delay", "auto"]).start();
+    assert!(sees_no_hold(&s), "--flush-delay auto");
+    let s = ServerBuilder::new(Driver::Epoll).env("CRIER_FLUSH_DELAY", "AUTO").start();
+    assert!(sees_no_hold(&s), "CRIER_FLUSH_DELAY=AUTO");
+    let b = ServerBuilder::new(Driver::Epoll);
+    let cfg = write_config(&b, "flush-delay = \"auto\"\n");
+    assert!(sees_no_hold(&b.args(["--config", &cfg]).start()), "flush-delay = \"auto\" in the file");
+    // A bare 0 in the file is "never wait"; a duration there is a fixed hold, applied.
+    let b = ServerBuilder::new(Driver::Epoll);
+    let cfg = write_config(&b, "flush-delay = 0\n");
+    assert!(sees_no_hold(&b.args(["--config", &cfg]).start()), "flush-delay = 0 in the file");
+    let b = ServerBuilder::new(Driver::Epoll);
+    let cfg = write_config(&b, "flush-delay = \"400ms\"\n");
+    assert!(!sees_no_hold(&b.args(["--config", &cfg]).start()), "flush-delay = \"400ms\" in the file was not applied");
+}
+
+/// Publishes one message to one subscriber: true when it came within 200 ms and the shard
+/// counted no hold (a light load under `auto` or `0`), false when it was held 400 ms.
+fn sees_no_hold(s: &Server) -> bool {
+    let mut c = s.ws("/ws?channels=x");
+    s.wait_connections(1);
+    let start = std::time::Instant::now();
+    assert_eq!(s.publisher().publish("x", b"one", false), 1);
+    assert_eq!(c.recv(Duration::from_secs(5)).expect("the message").text(), "one");
+    let took = start.elapsed();
+    let holds = s.metric0("crier_flush_holds_total", &[]);
+    if took >= Duration::from_millis(400) {
+        assert!(holds >= 1.0, "held {took:?} but no hold counted");
+        return false;
+    }
+    assert!(took < Duration::from_millis(200) && holds == 0.0, "took {took:?}, {holds} holds");
+    true
+}
+
+#[test]
 fn ping_interval_precedence() {
     // File says 200 ms, environment says 60 s: the environment wins, no ping soon.
     let b = ServerBuilder::new(Driver::Epoll);
@@ -112,6 +148,7 @@ const BAD: &[(&str, &str)] = &[
     ("idle-timeout", "-5s"),
     ("handshake-timeout", "10 parsecs"),
     ("flush-delay", "2s"),
+    ("flush-delay", "sometimes"),
     ("max-queue-bytes", "12XB"),
     ("max-client-message-bytes", "lots"),
     ("max-connections", "many"),

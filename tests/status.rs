@@ -150,7 +150,8 @@ fn stats_agree_with_metrics_under_load() {
     assert_eq!(u(&st, "/settings/shards"), 2);
     assert_eq!(u(&st, "/settings/max_connections"), 5000);
     assert!(st["uptime_seconds"].as_f64().unwrap() > 0.0);
-    for key in ["max_queue_bytes", "flush_delay_us", "max_message_bytes", "max_channels", "history_messages"] {
+    assert_eq!(st["settings"]["flush_delay"], "auto", "the default flush policy");
+    for key in ["max_queue_bytes", "max_message_bytes", "max_channels", "history_messages"] {
         assert!(st["settings"][key].is_u64(), "settings.{key}: {st}");
     }
     assert!(st["settings"]["deflate"].is_boolean() && st["settings"]["cluster"] == "off");

@@ -83,6 +83,36 @@ impl FromStr for ByteSize {
 /// Longest `--flush-delay`: past it, queues grow towards `--max-queue-bytes` at any real rate.
 const MAX_FLUSH_DELAY: Duration = Duration::from_secs(1);
 
+/// `--flush-delay`: how long a shard holds a batch of broadcasts before it writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushDelay {
+    /// Hold only while broadcasts come faster than a pass over the connections takes, for
+    /// a part of the last pass's time (see `shard::coalesce`).
+    Auto,
+    /// Hold every batch this long (zero: never hold).
+    Fixed(Duration),
+}
+
+/// `auto`, or the fixed hold as humantime writes it (`0s`, `50ms`): how `/stats` and
+/// `crier status` show the setting.
+impl std::fmt::Display for FlushDelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushDelay::Auto => f.write_str("auto"),
+            FlushDelay::Fixed(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+fn parse_flush_delay(s: &str) -> Result<FlushDelay, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(FlushDelay::Auto);
+    }
+    humantime::parse_duration(s.trim())
+        .map(FlushDelay::Fixed)
+        .map_err(|e| format!("'{s}' is not 'auto', 0 (never wait) or a duration (e.g. 50ms): {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m): {e}"))
 }
@@ -172,11 +202,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CRIER_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
-    /// Hold each batch of broadcasts this long before writing, so that several go out in one
-    /// write per connection: less CPU per delivery at high message rates, for up to this much
-    /// more latency. 0 writes at once.
-    #[arg(long, env = "CRIER_FLUSH_DELAY", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub flush_delay: Duration,
+    /// How long a batch of broadcasts waits before it is written, so that several go out in
+    /// one write per connection. `auto` waits only while broadcasts come faster than a pass
+    /// over the shard's connections takes, at most as long as the last pass took (never at
+    /// light load); 0 never waits; a duration holds every batch that long (up to that much
+    /// more latency, less CPU per delivery at high rates).
+    #[arg(long, env = "CRIER_FLUSH_DELAY", default_value = "auto", value_parser = parse_flush_delay, value_name = "auto|DURATION")]
+    pub flush_delay: FlushDelay,
 
     /// Per-connection outbound backlog: a connection that, right after a write attempt, has
     /// more than this left to take (pongs it asked for included) is closed with 1008.
@@ -391,7 +423,7 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
-    pub flush_delay: Duration,
+    pub flush_delay: FlushDelay,
     pub max_queue_bytes: usize,
     pub max_message_bytes: usize,
     pub max_client_message_bytes: usize,
@@ -558,11 +590,13 @@ impl ServeArgs {
                 humantime::format_duration(self.ping_interval)
             ));
         }
-        if self.flush_delay > MAX_FLUSH_DELAY {
+        if let FlushDelay::Fixed(d) = self.flush_delay
+            && d > MAX_FLUSH_DELAY
+        {
             return err(format!(
-                "--flush-delay must be at most {}, got {}",
+                "--flush-delay must be 'auto' or at most {}, got {}",
                 humantime::format_duration(MAX_FLUSH_DELAY),
-                humantime::format_duration(self.flush_delay)
+                humantime::format_duration(d)
             ));
         }
         let max_queue_bytes = self.max_queue_bytes.0 as usize;

@@ -117,6 +117,11 @@ pub struct ShardMetrics {
     pub queued_bytes: AtomicUsize,
     /// The shard's busiest channels by subscribers, for `/stats` (see `ops::stats::watch`).
     pub channels: Mutex<crate::ops::stats::watch::ShardChannels>,
+    /// The batch loop's passes and their time in µs; its holds (`--flush-delay`) and theirs.
+    pub flush_passes: AtomicU64,
+    pub flush_pass_us: AtomicU64,
+    pub flush_holds: AtomicU64,
+    pub flush_hold_us: AtomicU64,
 }
 
 /// Everything /metrics reports.
@@ -343,6 +348,20 @@ impl Metrics {
             "Bytes of broadcasts waiting in the shard's queue; publishers wait above 64 MiB.",
             &|s| s.queued_bytes.load(Relaxed) as u64,
         );
+        // The batch loop's passes and holds (`shard::flush`); their times are kept in µs.
+        type Counter = fn(&ShardMetrics) -> &AtomicU64;
+        let flush: [(&str, &str, Counter, f64); 4] = [
+            ("crier_flush_passes_total", "Write passes of the batch loop.", |s| &s.flush_passes, 1.0),
+            ("crier_flush_pass_seconds_total", "Time in those passes.", |s| &s.flush_pass_us, 1e6),
+            ("crier_flush_holds_total", "Batches held before their pass.", |s| &s.flush_holds, 1.0),
+            ("crier_flush_hold_seconds_total", "Time batches were held.", |s| &s.flush_hold_us, 1e6),
+        ];
+        for (name, help, counter, per_unit) in flush {
+            head(&mut o, name, "counter", help);
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", counter(s).load(Relaxed) as f64 / per_unit);
+            }
+        }
         per_shard(&mut o, "crier_connections_accepted_total", "counter", "WebSocket upgrades completed.", &|s| {
             s.accepted.load(Relaxed)
         });

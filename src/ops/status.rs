@@ -207,11 +207,11 @@ pub fn table(s: &Stats, prev: Option<&(Instant, Stats)>) -> String {
     let c = &s.settings;
     let _ = writeln!(
         o,
-        "settings   shards {}  max-connections {}  max-queue-bytes {}  flush-delay {}us  deflate {}  cluster {}",
+        "settings   shards {}  max-connections {}  max-queue-bytes {}  flush-delay {}  deflate {}  cluster {}",
         c.shards,
         c.max_connections,
         c.max_queue_bytes,
-        c.flush_delay_us,
+        c.flush_delay,
         if c.deflate { "on" } else { "off" },
         c.cluster
     );

@@ -12,6 +12,7 @@
 
 pub mod conn;
 pub mod fanout;
+pub mod flush;
 pub mod history;
 pub mod interest;
 pub mod outbound;
@@ -42,7 +43,7 @@ use crate::ws::handshake::{HandshakeConfig, Upgrade};
 use conn::Conn;
 use fanout::{ShardEncoder, ShardFrames, Subscribers};
 use history::{History, Notice, Request};
-use outbound::{Flush, OutFrame, Written};
+use outbound::OutFrame;
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -75,8 +76,12 @@ pub struct Shard {
     pub access: Arc<Access>,
     subscribers: RefCell<Subscribers<Conn>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
-    /// Broadcasts queued since the last flush, and their bytes: the batch being built.
+    /// Broadcasts, and their bytes, that some connection may not have been offered yet: the
+    /// batch being built, plus those taken during the last pass (connections it had already
+    /// written get them in the next one).
     unflushed: Cell<(usize, usize)>,
+    /// When the batch loop writes (`--flush-delay`).
+    coalesce: RefCell<flush::Coalescer>,
     /// Bytes after which a batch ends (see [`BATCH_SHARE_OF_QUEUE`]).
     batch_bytes: usize,
     pub scratch: RefCell<Box<[u8]>>,
@@ -118,6 +123,7 @@ impl Shard {
         let handshake =
             HandshakeConfig { path: cfg.path.clone(), max_channels: cfg.max_channels, deflate: cfg.deflate, trusted };
         let batch_bytes = cfg.max_queue_bytes / BATCH_SHARE_OF_QUEUE;
+        let coalesce = flush::Coalescer::new(cfg.flush_delay);
         Rc::new_cyclic(|me| Self {
             id,
             cfg,
@@ -129,6 +135,7 @@ impl Shard {
             subscribers: RefCell::new(Subscribers::default()),
             dirty: RefCell::new(Vec::new()),
             unflushed: Cell::new((0, 0)),
+            coalesce: RefCell::new(coalesce),
             batch_bytes,
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             inflater: RefCell::new(Inflater::new()),
@@ -437,6 +444,18 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
+    /// Takes a message of the hub's queue: queues a batch of broadcasts, false for the drain
+    /// order.
+    fn take(&self, msg: &ShardMsg) -> bool {
+        match msg {
+            ShardMsg::Broadcasts(batch) => {
+                batch.iter().for_each(|b| self.enqueue_broadcast(b));
+                true
+            }
+            ShardMsg::Drain => false,
+        }
+    }
+
     /// Queues one broadcast on every subscriber (no socket IO; see [`Shard::flush_dirty`]).
     /// Nobody is judged here: these frames have not been offered to any socket yet.
     pub fn enqueue_broadcast(&self, b: &Arc<Broadcast>) {
@@ -486,89 +505,6 @@ impl Shard {
         count < MAX_BATCH && bytes < self.batch_bytes
     }
 
-    /// A connection whose backlog, right after a write attempt, is over --max-queue-bytes:
-    /// close 1008 and cut it off now, since a client that does not read will not read our
-    /// close frame either.
-    fn close_slow_consumer(&self, conn: &Rc<Conn>) {
-        self.close(
-            conn,
-            frame::close_code::POLICY_VIOLATION,
-            "slow consumer: outbound queue over max-queue-bytes",
-            CloseReason::SlowConsumer,
-            true,
-        );
-        let _ = self.flush_conn(conn);
-        conn.abort();
-    }
-
-    /// Flushes every connection that got frames since the last flush, then judges it: the
-    /// bound is on what the client has not taken after this attempt (plus pongs it owes),
-    /// never on frames not yet offered to its socket.
-    pub fn flush_dirty(&self) {
-        self.unflushed.set((0, 0));
-        let max = self.cfg.max_queue_bytes;
-        let mut list = std::mem::take(&mut *self.dirty.borrow_mut());
-        for conn in list.drain(..) {
-            conn.clear_dirty();
-            let blocked = self.flush_conn(&conn);
-            if !conn.is_open() {
-                continue;
-            }
-            let mut out = conn.out().borrow_mut();
-            if out.owes() {
-                // The kernel may take our pongs long after the client stopped reading; only
-                // its acknowledgements tell. Asked only of connections that sent pings.
-                out.peer_acked(sockio::bytes_acked(conn.fd()));
-            }
-            let slow = (blocked || out.owes()) && out.over(max);
-            drop(out);
-            if slow {
-                self.close_slow_consumer(&conn);
-            }
-        }
-        let mut dirty = self.dirty.borrow_mut();
-        if dirty.is_empty() {
-            *dirty = list; // keep the allocation
-        }
-    }
-
-    /// Writes what the socket takes. Returns true while the connection stays blocked (a
-    /// writer task is, or now is, waiting for writability).
-    pub fn flush_conn(&self, conn: &Rc<Conn>) -> bool {
-        let mut written = Written::default();
-        let result = conn.out().borrow_mut().flush(conn.fd(), &mut written, &mut self.latency.borrow_mut());
-        if written.frames > 0 {
-            let stats = self.stats();
-            stats.frames_written.fetch_add(written.frames, Relaxed);
-            if written.plain_bytes > 0 {
-                stats.bytes_plain.fetch_add(written.plain_bytes, Relaxed);
-            }
-            if written.deflate_bytes > 0 {
-                stats.bytes_deflate.fetch_add(written.deflate_bytes, Relaxed);
-            }
-        }
-        match result {
-            Ok(Flush::Done) => {
-                if !conn.is_open() {
-                    conn.close_frame_sent();
-                }
-                false
-            }
-            Ok(Flush::Blocked) => {
-                if let Some(shard) = self.me.upgrade()
-                    && conn.start_writer()
-                {
-                    monoio::spawn(writer(shard, conn.clone()));
-                }
-                true
-            }
-            Err(_) => {
-                conn.abort();
-                false
-            }
-        }
-    }
-
     /// Closes every connection with 1001 and waits for them to go, up to the drain timeout.
     async fn drain(&self) {
         self.draining.set(true);
@@ -588,18 +524,4 @@ impl Shard {
             tracing::warn!(shard = self.id, "drain timeout: cutting {left} connections");
         }
     }
-}
-
-/// The writer task, alive only while the connection's queue waits on a full socket.
-async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
-    loop {
-        if conn.stream().writable(false).await.is_err() {
-            conn.abort();
-            break;
-        }
-        if !shard.flush_conn(&conn) {
-            break;
-        }
-    }
-    conn.writer_done();
 }

@@ -6,6 +6,7 @@
 //! server never disagree about which driver a shard will get.
 
 use std::io;
+use std::time::Instant;
 
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -113,32 +114,38 @@ pub fn run(
         let _ = ready.send(Ok(driver));
         monoio::spawn(session::accept_loop(shard.clone(), listener));
         monoio::spawn(sweep::sweep_loop(shard.clone()));
-        while let Ok(msg) = rx.recv_async().await {
-            let mut next = Some(msg);
-            let mut waited = false;
-            while let Some(msg) = next.take() {
-                match msg {
-                    ShardMsg::Broadcasts(batch) => batch.iter().for_each(|b| shard.enqueue_broadcast(b)),
-                    ShardMsg::Drain => {
-                        shard.flush_dirty();
-                        shard.drain().await;
-                        shard.stopped.set(true);
-                        return;
-                    }
-                }
-                if shard.batch_has_room() {
-                    next = rx.try_recv().ok();
-                    if next.is_none() && !waited && !shard.cfg.flush_delay.is_zero() {
-                        // --flush-delay: let more broadcasts join this batch, so that each
-                        // connection gets them in one write. Connections keep being served.
-                        waited = true;
-                        monoio::time::sleep(shard.cfg.flush_delay).await;
-                        next = rx.try_recv().ok();
-                    }
+        loop {
+            // Broadcasts taken during the last pass are still owed to the connections it had
+            // written before they came: another pass follows at once (after the hold).
+            if !shard.has_unflushed() {
+                match rx.recv_async().await {
+                    Ok(msg) if shard.take(&msg) => {}
+                    Ok(_) => return drain(&shard).await,
+                    Err(_) => return,
                 }
             }
-            shard.flush_dirty();
-            if !rx.is_empty() {
+            // --flush-delay: the batch waits (taking broadcasts as they come) until the hold
+            // ends or the batch is full. Connections keep being served meanwhile.
+            if let Some(until) = shard.hold_until() {
+                let since = Instant::now();
+                while shard.batch_has_room() {
+                    match monoio::time::timeout_at(until.into(), rx.recv_async()).await {
+                        Ok(Ok(msg)) if shard.take(&msg) => {}
+                        Ok(Ok(_)) => return drain(&shard).await,
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
+                shard.held(since);
+            }
+            while shard.batch_has_room() {
+                match rx.try_recv() {
+                    Ok(msg) if shard.take(&msg) => {}
+                    Ok(_) => return drain(&shard).await,
+                    Err(_) => break,
+                }
+            }
+            shard.flush_pass();
+            if !rx.is_empty() || shard.has_unflushed() {
                 // A backlog: `recv_async` would return at once and this task would never
                 // give way. Let the writers, read loops and accept loop run (and the driver
                 // poll) between two batches, so that a connection blocked on its socket can
@@ -147,6 +154,13 @@ pub fn run(
             }
         }
     });
+}
+
+/// The drain order: writes what is queued, closes every connection, stops the sweep.
+async fn drain(shard: &Shard) {
+    shard.flush_dirty();
+    shard.drain().await;
+    shard.stopped.set(true);
 }
 
 /// Gives way to every other ready task of the runtime once (monoio 0.2 has no public

@@ -343,7 +343,7 @@ async fn read_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
             }
         };
         match result {
-            Ok(()) => shard.flush_dirty(),
+            Ok(()) => shard.flush_after_read(&conn),
             Err(reason) => {
                 break match conn.state() {
                     State::Closing { reason, .. } => reason,

@@ -69,7 +69,9 @@ impl Shard {
         for conn in expired {
             self.close(&conn, frame::close_code::TOKEN_EXPIRED, "token expired", CloseReason::TokenExpired, false);
         }
-        self.flush_dirty();
+        if !self.holding() {
+            self.flush_dirty();
+        }
         self.inflater.borrow_mut().shrink();
         self.history.borrow_mut().expire(Instant::now());
         self.peers.purge_some(); // one stripe of the shared per-address table per tick
