@@ -364,8 +364,10 @@ publish-rate)
     stop_crier a
     start_redis
     echo "redis-benchmark PUBLISH, ${SIZE:-64} B, ${PUBLISHERS:-1} connection(s), pipeline 64:"
-    redis-benchmark -p "${REDIS_PORT:-16379}" -c "${PUBLISHERS:-1}" -P 64 -n "${COUNT:-2000000}" -d "${SIZE:-64}" -q \
-        PUBLISH c "$(head -c "${SIZE:-64}" /dev/zero | tr '\0' x)"
+    # (-q redraws its line with \r; keep the last one, without the payload it echoes)
+    redis-benchmark -p "${REDIS_PORT:-16379}" -c "${PUBLISHERS:-1}" -P 64 -n "${COUNT:-2000000}" -q \
+        PUBLISH c "$(head -c "${SIZE:-64}" /dev/zero | tr '\0' x)" | tr '\r' '\n' | grep 'requests per second' |
+        sed 's/^PUBLISH c x*:/PUBLISH (no subscribers):/'
     ;;
 cluster-rate)
     redis_args
