@@ -336,3 +336,29 @@ fn ticks_secs(t: u64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     t as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{frame, message};
+
+    #[test]
+    fn frames_of_every_length_form_are_read_and_partial_ones_wait() {
+        let short = [&[0x81, 5][..], b"p0:1,"].concat();
+        assert_eq!(frame(&short), Some((1, &b"p0:1,"[..], 7)));
+        assert_eq!(frame(&short[..6]), None, "payload not all there yet");
+        let body = vec![b'x'; 1024];
+        let mid = [&[0x82, 126, 4, 0][..], &body].concat();
+        assert_eq!(frame(&mid).map(|(op, p, used)| (op, p.len(), used)), Some((2, 1024, 1028)));
+        assert_eq!(frame(&mid[..3]), None, "extended length not all there yet");
+        let long = [&[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..], &vec![b'y'; 65536]].concat();
+        assert_eq!(frame(&long).map(|(_, p, used)| (p.len(), used)), Some((65536, 65546)));
+    }
+
+    #[test]
+    fn payloads_name_their_publisher_and_seq() {
+        assert_eq!(message(b"p3:42,xxxx"), Some((3, 42)));
+        assert_eq!(message(b"q3:42,"), None);
+        assert_eq!(message(b"p3-42,"), None);
+        assert_eq!(message(b"p3:x,"), None);
+    }
+}
