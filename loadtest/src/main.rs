@@ -1,18 +1,7 @@
 //! crier-load: the load-test tool of crier. See loadtest/README.md.
 
-mod channels;
-mod cli;
-mod coordinator;
-mod payload;
-mod progress;
-mod publisher;
-mod report;
-mod sys;
-mod tracker;
-mod worker;
-mod ws;
-
 use clap::Parser;
+use crier_load::{cli, coordinator, worker};
 
 fn main() {
     // Workers are this binary re-executed with the hidden `worker` subcommand; they read

@@ -6,8 +6,8 @@
 //!
 //! crier-load's publisher follows a timetable and carries a timestamp per message for
 //! latency; this one measures only how fast crier accepts and delivers, so each side does
-//! as little as it can: one thread per connection, large reads and writes, a frame parser
-//! that reads the length and the sequence number and nothing else.
+//! as little as it can: one thread per connection, large reads and writes. The upgrade and
+//! the frame parser are crier-load's (`crier_load::ws`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use crier_load::sys;
+use crier_load::ws::{self, Event, FrameReader, Response, Rng};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,10 +84,11 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
     let stop = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::new();
+    let mut rng = Rng::new(std::process::id().into());
     for _ in 0..cli.subscribers {
-        let stream = subscribe(&cli.ws, &channels)?;
+        let (stream, early) = subscribe(&cli.ws, &channels, &mut rng)?;
         let (stop, publishers, count) = (stop.clone(), cli.publishers, cli.count);
-        subs.push(std::thread::spawn(move || receive(stream, publishers, count, deadline, &stop)));
+        subs.push(std::thread::spawn(move || receive(stream, &early, publishers, count, deadline, &stop)));
     }
     let cpu_before = cli.server_pid.map(cpu_ticks).transpose()?;
     let start = Instant::now();
@@ -171,106 +174,102 @@ fn run(cli: &Cli) -> Result<bool, String> {
 }
 
 /// Connects and upgrades; returns the stream once the 101 has been read (crier has
-/// registered the subscription by then).
-fn subscribe(addr: &str, channels: &[String]) -> Result<TcpStream, String> {
+/// registered the subscription by then), and any frames that came in the same read.
+fn subscribe(addr: &str, channels: &[String], rng: &mut Rng) -> Result<(TcpStream, Vec<u8>), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET /ws?channels={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        channels.join(",")
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    // Byte by byte up to the blank line, so that no frame is read into a buffer dropped here.
+    let key = ws::new_key(rng);
+    let path = format!("/ws?channels={}", channels.join(","));
+    s.write_all(&ws::request(addr, &path, &key, false)).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            Ok(_) => return Err("closed during the upgrade".into()),
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("closed during the upgrade".into()),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(format!("upgrade: {e}")),
         }
+        match ws::parse_response(&head, &key) {
+            Ok(Response::Partial) => continue,
+            Ok(Response::Upgraded { head_len, .. }) => return Ok((s, head.split_off(head_len))),
+            Err(e) => return Err(format!("upgrade refused: {}", e.reason())),
+        }
     }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(format!("upgrade refused: {}", String::from_utf8_lossy(&head).lines().next().unwrap_or("")));
-    }
-    Ok(s)
 }
 
-/// Reads frames until every publisher's `count` messages are in (or the deadline).
-fn receive(mut s: TcpStream, publishers: usize, count: u64, deadline: Instant, stop: &AtomicBool) -> Seen {
+/// Reads frames (`early` first) until every publisher's `count` messages are in (or the
+/// deadline).
+fn receive(
+    mut s: TcpStream,
+    early: &[u8],
+    publishers: usize,
+    count: u64,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Seen {
     let mut seen = Seen::default();
     let mut next = vec![1u64; publishers];
+    let mut reader = FrameReader::new();
     let mut buf = vec![0u8; 1 << 20];
-    let (mut start, mut end) = (0, 0);
     let total = count * publishers as u64;
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    while seen.received < total {
+    let mut account = |ev: Event<'_>, seen: &mut Seen| match ev {
+        Event::Message { payload, .. } => match message(payload) {
+            Some((p, seq)) if p < publishers => {
+                let want = next[p];
+                if seq == want {
+                    next[p] = seq + 1;
+                } else if seq > want {
+                    seen.lost += seq - want;
+                    seen.disordered += 1;
+                    next[p] = seq + 1;
+                } else {
+                    seen.duplicated += 1;
+                }
+                seen.received += 1;
+                true
+            }
+            _ => {
+                seen.error = Some(format!("unexpected payload {:?}", String::from_utf8_lossy(payload)));
+                false
+            }
+        },
+        Event::Close(code) => {
+            seen.error = Some(format!("close frame from crier: {code:?}"));
+            false
+        }
+        Event::Ping(_) | Event::Pong => true,
+    };
+    let mut data = early.len();
+    buf[..data].copy_from_slice(early);
+    loop {
+        if let Err(e) = reader.feed(&buf[..data], &mut |ev| account(ev, &mut seen)) {
+            seen.error = Some(format!("bad frame from crier: {e:?}"));
+        }
+        if seen.error.is_some() {
+            return seen;
+        }
+        if seen.received >= total {
+            seen.done_at = Some(Instant::now());
+            return seen;
+        }
         if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
             seen.error = Some(format!("timed out with {} of {total} messages", seen.received));
             return seen;
         }
-        if start > 0 && buf.len() - end < 64 * 1024 {
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
-        }
-        match s.read(&mut buf[end..]) {
+        data = match s.read(&mut buf) {
             Ok(0) => {
                 seen.error = Some(format!("closed by crier after {} of {total} messages", seen.received));
                 return seen;
             }
-            Ok(n) => end += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
             Err(e) => {
                 seen.error = Some(format!("read: {e}"));
                 return seen;
             }
-        }
-        while let Some((opcode, payload, used)) = frame(&buf[start..end]) {
-            if opcode == 1 || opcode == 2 {
-                match message(payload) {
-                    Some((p, seq)) if p < publishers => {
-                        let want = next[p];
-                        if seq == want {
-                            next[p] = seq + 1;
-                        } else if seq > want {
-                            seen.lost += seq - want;
-                            seen.disordered += 1;
-                            next[p] = seq + 1;
-                        } else {
-                            seen.duplicated += 1;
-                        }
-                        seen.received += 1;
-                    }
-                    _ => {
-                        seen.error = Some(format!("unexpected payload {:?}", String::from_utf8_lossy(payload)));
-                        return seen;
-                    }
-                }
-            } else if opcode == 8 {
-                seen.error = Some(format!("close frame from crier: {:?}", String::from_utf8_lossy(payload)));
-                return seen;
-            }
-            start += used;
-        }
+        };
     }
-    seen.done_at = Some(Instant::now());
-    seen
-}
-
-/// One unmasked server frame at the front of `b`: (opcode, payload, bytes used).
-fn frame(b: &[u8]) -> Option<(u8, &[u8], usize)> {
-    if b.len() < 2 {
-        return None;
-    }
-    let (len, head) = match b[1] & 0x7f {
-        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-        127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().ok()?) as usize, 10),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    let used = head + len;
-    (b.len() >= used).then(|| (b[0] & 0x0f, &b[head..used], used))
 }
 
 /// `p<i>:<seq>,xxx…` → (i, seq).
@@ -323,36 +322,19 @@ fn acks(s: UnixStream, count: u64) -> Result<(u64, u64, Instant), String> {
     Ok((ok, err, Instant::now()))
 }
 
-/// utime and stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+/// utime and stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<(u64, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("server pid {pid}: {e}"))?;
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or("bad /proc stat")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).ok_or_else(|| "bad /proc stat".to_string());
-    Ok((n(11)?, n(12)?))
+    sys::parse_stat_ticks(&stat).ok_or_else(|| format!("bad /proc/{pid}/stat"))
 }
 
 fn ticks_secs(t: u64) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    t as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    t as f64 / sys::clock_ticks()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{frame, message};
-
-    #[test]
-    fn frames_of_every_length_form_are_read_and_partial_ones_wait() {
-        let short = [&[0x81, 5][..], b"p0:1,"].concat();
-        assert_eq!(frame(&short), Some((1, &b"p0:1,"[..], 7)));
-        assert_eq!(frame(&short[..6]), None, "payload not all there yet");
-        let body = vec![b'x'; 1024];
-        let mid = [&[0x82, 126, 4, 0][..], &body].concat();
-        assert_eq!(frame(&mid).map(|(op, p, used)| (op, p.len(), used)), Some((2, 1024, 1028)));
-        assert_eq!(frame(&mid[..3]), None, "extended length not all there yet");
-        let long = [&[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..], &vec![b'y'; 65536]].concat();
-        assert_eq!(frame(&long).map(|(_, p, used)| (p.len(), used)), Some((65536, 65546)));
-    }
+    use super::message;
 
     #[test]
     fn payloads_name_their_publisher_and_seq() {
