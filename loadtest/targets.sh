@@ -137,12 +137,17 @@ start_crier() {
         --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/$name.sock" \
         --shards 1 "$@" 2>"$work/$name.log" &
     pids+=("$!")
+    wait_ready "$name"
+}
+
+# wait_ready NAME: waits for the ready line in crier NAME's log ($work/NAME.log).
+wait_ready() {
     for _ in $(seq 200); do
-        grep -q "ready ws=" "$work/$name.log" && return 0
+        grep -q "ready ws=" "$work/$1.log" && return 0
         sleep 0.05
     done
-    echo "crier $name did not start:" >&2
-    cat "$work/$name.log" >&2
+    echo "crier $1 did not start:" >&2
+    cat "$work/$1.log" >&2
     exit 1
 }
 
@@ -357,7 +362,7 @@ publish-rate)
     "${prio[@]}" "$crier" serve --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --publish-socket "$work/a.sock" \
         --shards "${SHARDS:-1}" 2>"$work/a.log" &
     pids+=("$!")
-    for _ in $(seq 200); do grep -q "ready ws=" "$work/a.log" && break; sleep 0.05; done
+    wait_ready a
     "${prio[@]}" target/release/crier-pubrate --ws "127.0.0.1:$port" --publish-socket "$work/a.sock" \
         --publishers "${PUBLISHERS:-1}" --count "${COUNT:-2000000}" --size "${SIZE:-64}" --server-pid "${pids[-1]}" "$@" ||
         status=$?
