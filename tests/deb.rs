@@ -15,6 +15,7 @@
 #[macro_use]
 mod common;
 
+use common::assert_shellcheck;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -204,10 +205,7 @@ fn packaged_unit_is_the_source_unit_with_the_package_paths() {
 #[test]
 fn maintainer_scripts_pass_shellcheck() {
     for script in ["debian/postinst", "debian/prerm", "debian/postrm"] {
-        let out = Command::new("shellcheck").arg(repo().join(script)).output().unwrap_or_else(|e| {
-            panic!("shellcheck is not installed ({e}): apt-get install -y shellcheck (scripts/test.sh installs it)")
-        });
-        assert!(out.status.success(), "shellcheck {script}:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert_shellcheck(&repo().join(script));
         // Nothing starts unasked: the only systemd calls are a daemon-reload, and a stop on removal.
         let body = std::fs::read_to_string(repo().join(script)).unwrap();
         for line in body.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.starts_with("echo ")) {

@@ -34,12 +34,7 @@ fn repo() -> &'static Path {
 fn shell(cmd: &str, envs: &[(&str, String)]) -> Command {
     let mut c = Command::new("bash");
     c.args(["-c", cmd]).current_dir(repo()).stdin(Stdio::null()).process_group(0);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CRIER_") || k == "RUST_LOG" {
-            c.env_remove(&k);
-        }
-    }
+    without_outside_settings(&mut c);
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -93,11 +88,7 @@ fn collect_published(ws: &mut WsClient, until_seq: u64, into: &mut BTreeMap<u64,
 
 #[test]
 fn the_readme_commands_show_a_live_flight_board() {
-    assert!(Path::new(CHROMIUM).exists(), "this test needs Debian's chromium: apt-get install chromium");
-    assert!(
-        repo().join("tests/browser/node_modules/playwright-core").exists(),
-        "this test needs playwright-core: cd tests/browser && npm ci"
-    );
+    let browser = browser_dir();
     let cmds = readme_commands(HEADING);
     assert_eq!(cmds.len(), 2, "{HEADING:?} promises two commands: {cmds:?}");
     assert!(cmds[1].contains("examples/flight-board/run.sh"), "the second command starts the example: {cmds:?}");
@@ -146,7 +137,7 @@ fn the_readme_commands_show_a_live_flight_board() {
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flight-board.png");
     let _ = std::fs::remove_file(&shot);
     let out = Command::new("node")
-        .arg(repo().join("tests/browser/flight-board.mjs"))
+        .arg(browser.join("flight-board.mjs"))
         .args([&url, shot.to_str().unwrap(), &UPDATES.to_string()])
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())

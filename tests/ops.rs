@@ -304,17 +304,7 @@ fn sigterm_right_after_ready_exits_0() {
 fn draining_answers_503() {
     // A client that stops reading with data still queued keeps the drain busy (its close
     // frame cannot be flushed) for up to --drain-timeout; meanwhile crier reports draining.
-    let mut s = Server::builder(Driver::Epoll).args(["--drain-timeout", "3s", "--socket-send-buffer", "16KiB"]).start();
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect_timeout(&s.ws.into(), IO_TIMEOUT).unwrap();
-    let _stuck = WsClient::handshake(sock.into(), s.ws, "/ws?channels=bulk", &[]).unwrap_or_else(|r| panic!("{r:?}"));
-    s.wait_connections(1);
-    // ~200 KiB: more than the socket buffers hold, far less than --max-queue-bytes (1 MiB).
-    let mut p = s.publisher();
-    for i in 0..50 {
-        p.publish("bulk", &random_bytes(i, 4096), true);
-    }
+    let (mut s, _stuck) = server_with_a_stuck_drain();
     assert_eq!(s.admin_get("/healthz").status, 200);
     let start = Instant::now();
     s.sigterm();

@@ -1,6 +1,10 @@
 //! The repository's scripts: `.ci/run`, `scripts/test.sh` (the README's test command) and
 //! `scripts/fuzz.sh` pass shellcheck, and the Python interop script compiles.
 
+#[macro_use]
+mod common;
+
+use common::assert_shellcheck;
 use std::path::Path;
 use std::process::Command;
 
@@ -11,10 +15,7 @@ fn root() -> &'static Path {
 #[test]
 fn ci_run_and_test_script_pass_shellcheck() {
     for script in [".ci/run", "scripts/test.sh", "scripts/fuzz.sh"] {
-        let out = Command::new("shellcheck").arg(root().join(script)).output().unwrap_or_else(|e| {
-            panic!("shellcheck is not installed ({e}): apt-get install -y shellcheck (scripts/test.sh installs it)")
-        });
-        assert!(out.status.success(), "shellcheck {script}:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert_shellcheck(&root().join(script));
     }
 }
 

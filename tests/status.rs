@@ -311,16 +311,7 @@ fn status_exits_4_while_the_publisher_socket_is_replaced() {
 #[test]
 fn status_exits_5_while_draining() {
     // As in tests/ops.rs: a client that stops reading keeps the drain busy.
-    let mut s = Server::builder(Driver::Epoll).args(["--drain-timeout", "3s", "--socket-send-buffer", "16KiB"]).start();
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect_timeout(&s.ws.into(), IO_TIMEOUT).unwrap();
-    let _stuck = WsClient::handshake(sock.into(), s.ws, "/ws?channels=bulk", &[]).unwrap_or_else(|r| panic!("{r:?}"));
-    s.wait_connections(1);
-    let mut p = s.publisher();
-    for i in 0..50 {
-        p.publish("bulk", &random_bytes(i, 4096), true);
-    }
+    let (mut s, _stuck) = server_with_a_stuck_drain();
     let u = url(&s);
     assert_eq!(status(&["--admin", &u]).status.code(), Some(0));
     s.sigterm();
@@ -388,15 +379,7 @@ fn watch_redraws_in_place_with_rates() {
 // ---- the page in headless Chromium -------------------------------------------------
 
 fn run_status_page(admin_url: &str, shot: &Path) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "this test needs Debian's chromium at {CHROMIUM} (scripts/test.sh installs it: apt-get install chromium)"
-    );
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "this test needs playwright-core in tests/browser/node_modules (scripts/test.sh installs it: cd tests/browser && npm ci)"
-    );
+    let dir = browser_dir();
     let child = Command::new("node")
         .arg(dir.join("status_page.mjs"))
         .args([admin_url, shot.to_str().unwrap(), "5"])

@@ -8,7 +8,7 @@ use super::spawn_line_reader;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound of every wait for the page.
+/// `tests/browser`, once Chromium and playwright-core are known to be there: a test that
+/// needs them fails with the command that installs what is missing.
+pub fn browser_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "this test needs Debian's chromium at {CHROMIUM} (scripts/test.sh installs it: apt-get install chromium)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "this test needs playwright-core in tests/browser/node_modules (scripts/test.sh installs it: \
+         cd tests/browser && npm ci)"
+    );
+    dir
+}
+
 pub const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `tests/browser/run.mjs` and the headless Chromium it drives.
@@ -41,16 +57,7 @@ impl Browser {
     }
 
     fn launch(crier_http: &str, channels: &str, last: u32, token: Option<&str>) -> Browser {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-        assert!(
-            Path::new(CHROMIUM).exists(),
-            "this test needs Debian's chromium at {CHROMIUM} (`.ci/run` installs it: apt-get install chromium)"
-        );
-        assert!(
-            dir.join("node_modules/playwright-core").exists(),
-            "this test needs playwright-core in tests/browser/node_modules (`.ci/run` installs it: \
-             cd tests/browser && npm ci)"
-        );
+        let dir = browser_dir();
         let mut child = Command::new("node")
             .arg(dir.join("run.mjs"))
             .args([crier_http, channels, &last.to_string()])

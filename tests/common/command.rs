@@ -19,16 +19,31 @@ impl fmt::Debug for CmdOutput {
     }
 }
 
-/// Run `crier args…` with `stdin`, extra environment, and a deadline.
-pub fn run_crier(args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> CmdOutput {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
+/// Removes the test runner's own settings from `cmd`'s environment (`CRIER_*`, `RUST_LOG`,
+/// `MONOIO_*`, `MIMALLOC_*`), so that crier sees only what the test gives it.
+pub fn without_outside_settings(cmd: &mut Command) -> &mut Command {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CRIER_") || k == "RUST_LOG" {
+        if k.starts_with("CRIER_") || k == "RUST_LOG" || k.starts_with("MONOIO_") || k.starts_with("MIMALLOC_") {
             cmd.env_remove(&k);
         }
     }
+    cmd
+}
+
+/// Fails unless shellcheck passes `path` (and says how to install shellcheck if it is
+/// missing).
+pub fn assert_shellcheck(path: &std::path::Path) {
+    let out = Command::new("shellcheck").arg(path).output().unwrap_or_else(|e| {
+        panic!("shellcheck is not installed ({e}): apt-get install -y shellcheck (scripts/test.sh installs it)")
+    });
+    assert!(out.status.success(), "shellcheck {}:\n{}", path.display(), String::from_utf8_lossy(&out.stdout));
+}
+
+/// Run `crier args…` with `stdin`, extra environment, and a deadline.
+pub fn run_crier(args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> CmdOutput {
+    let mut cmd = Command::new(BIN);
+    without_outside_settings(cmd.args(args));
     for (k, v) in envs {
         cmd.env(k, v);
     }

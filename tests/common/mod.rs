@@ -155,3 +155,21 @@ pub fn free_port() -> u16 {
 mod redis_cluster;
 #[allow(unused_imports)]
 pub use redis_cluster::*;
+
+/// A server whose drain, after SIGTERM, stays busy for up to its `--drain-timeout` (3 s):
+/// one subscriber that stopped reading holds ~200 KiB of queued frames (more than the socket
+/// buffers hold, far less than `--max-queue-bytes`, 1 MiB), so its close frame cannot be
+/// flushed. Keep the returned client alive for as long as the drain should last.
+pub fn server_with_a_stuck_drain() -> (Server, WsClient) {
+    let s = Server::builder(Driver::Epoll).args(["--drain-timeout", "3s", "--socket-send-buffer", "16KiB"]).start();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&s.ws.into(), IO_TIMEOUT).unwrap();
+    let stuck = WsClient::handshake(sock.into(), s.ws, "/ws?channels=bulk", &[]).unwrap_or_else(|r| panic!("{r:?}"));
+    s.wait_connections(1);
+    let mut p = s.publisher();
+    for i in 0..50 {
+        p.publish("bulk", &random_bytes(i, 4096), true);
+    }
+    (s, stuck)
+}

@@ -157,12 +157,7 @@ impl ServerBuilder {
         }
         cmd.args(&self.args);
         // The tests' own environment must not leak settings into the server.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CRIER_") || k == "RUST_LOG" || k.starts_with("MONOIO_") || k.starts_with("MIMALLOC_") {
-                cmd.env_remove(&k);
-            }
-        }
+        without_outside_settings(&mut cmd);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
