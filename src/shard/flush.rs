@@ -32,7 +32,6 @@ use super::conn::Conn;
 use super::outbound::{Flush, Written};
 use super::{Shard, sockio};
 use crate::config::FlushDelay;
-use crate::hub::ShardMsg;
 use crate::ops::metrics::CloseReason;
 use crate::ws::frame;
 
@@ -215,16 +214,13 @@ impl Shard {
     pub(super) fn take_arrivals(&self) -> (usize, bool) {
         let mut took = 0;
         while self.batch_has_room() {
-            match self.inbox.try_recv() {
-                Ok(ShardMsg::Broadcasts(batch)) => {
-                    batch.iter().for_each(|b| self.enqueue_broadcast(b));
-                    took += batch.len();
-                }
-                Ok(ShardMsg::Drain) => {
-                    let _ = self.requeue.send(ShardMsg::Drain);
+            let Ok(msg) = self.inbox.try_recv() else { return (took, true) };
+            match self.take(&msg) {
+                Some(n) => took += n,
+                None => {
+                    let _ = self.requeue.send(msg);
                     return (took, false);
                 }
-                Err(_) => return (took, true),
             }
         }
         (took, false)

@@ -444,15 +444,15 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
-    /// Takes a message of the hub's queue: queues a batch of broadcasts, false for the drain
-    /// order.
-    fn take(&self, msg: &ShardMsg) -> bool {
+    /// Takes a message of the hub's queue: queues a batch of broadcasts and returns how many
+    /// it held, `None` for the drain order.
+    fn take(&self, msg: &ShardMsg) -> Option<usize> {
         match msg {
             ShardMsg::Broadcasts(batch) => {
                 batch.iter().for_each(|b| self.enqueue_broadcast(b));
-                true
+                Some(batch.len())
             }
-            ShardMsg::Drain => false,
+            ShardMsg::Drain => None,
         }
     }
 

@@ -119,7 +119,7 @@ pub fn run(
             // written before they came: another pass follows at once (after the hold).
             if !shard.has_unflushed() {
                 match rx.recv_async().await {
-                    Ok(msg) if shard.take(&msg) => {}
+                    Ok(msg) if shard.take(&msg).is_some() => {}
                     Ok(_) => return drain(&shard).await,
                     Err(_) => return,
                 }
@@ -130,7 +130,7 @@ pub fn run(
                 let since = Instant::now();
                 while shard.batch_has_room() {
                     match monoio::time::timeout_at(until.into(), rx.recv_async()).await {
-                        Ok(Ok(msg)) if shard.take(&msg) => {}
+                        Ok(Ok(msg)) if shard.take(&msg).is_some() => {}
                         Ok(Ok(_)) => return drain(&shard).await,
                         Ok(Err(_)) | Err(_) => break,
                     }
@@ -139,7 +139,7 @@ pub fn run(
             }
             while shard.batch_has_room() {
                 match rx.try_recv() {
-                    Ok(msg) if shard.take(&msg) => {}
+                    Ok(msg) if shard.take(&msg).is_some() => {}
                     Ok(_) => return drain(&shard).await,
                     Err(_) => break,
                 }
