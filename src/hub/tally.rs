@@ -8,10 +8,9 @@
 //! Rates come from [`ChannelTally::sample`], which runs only when someone asks for
 //! `/stats`, at most once per [`MIN_SAMPLE_INTERVAL`].
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::channel::ChannelName;
+use crate::channel::{ChannelMap, ChannelName};
 
 /// Channels the cluster path counts at most. A single box keeps a sequence number per
 /// channel anyway, so the tally adds no entries there; a cluster node's deliveries come
@@ -58,7 +57,7 @@ pub struct Sample {
 /// Channel → [`Count`], and the last sample.
 #[derive(Debug, Default)]
 pub struct ChannelTally {
-    counts: HashMap<ChannelName, Count>,
+    counts: ChannelMap<Count>,
     last: Option<(Instant, Sample)>,
     untallied: u64,
 }
