@@ -5,9 +5,11 @@
 //! and says which range to read back from the channel's stream before the message may be
 //! delivered, so that the node hands the hub every message once, in seq order.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 
-use crate::channel::{ChannelMap, ChannelName};
+use crate::channel::ChannelName;
 use crate::ws::frame::MessageKind;
 
 /// What to do with a message `(seq, epoch)` received on a channel.
@@ -40,7 +42,7 @@ pub struct Repair {
 /// Every channel this node has delivered a message of since it started.
 #[derive(Debug, Default)]
 pub struct Sequencer {
-    channels: ChannelMap<Position>,
+    channels: HashMap<ChannelName, Position>,
 }
 
 impl Sequencer {

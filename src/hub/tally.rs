@@ -8,9 +8,10 @@
 //! Rates come from [`ChannelTally::sample`], which runs only when someone asks for
 //! `/stats`, at most once per [`MIN_SAMPLE_INTERVAL`].
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::channel::{ChannelMap, ChannelName};
+use crate::channel::ChannelName;
 
 /// Channels the cluster path counts at most. A single box keeps a sequence number per
 /// channel anyway, so the tally adds no entries there; a cluster node's deliveries come
@@ -57,7 +58,7 @@ pub struct Sample {
 /// Channel → [`Count`], and the last sample.
 #[derive(Debug, Default)]
 pub struct ChannelTally {
-    counts: ChannelMap<Count>,
+    counts: HashMap<ChannelName, Count>,
     last: Option<(Instant, Sample)>,
     untallied: u64,
 }

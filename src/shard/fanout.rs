@@ -5,13 +5,14 @@
 //! Generic over the connection type through [`Subscriber`]; the shard uses `conn::Conn`.
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
 
-use crate::channel::{ChannelMap, ChannelName};
+use crate::channel::ChannelName;
 use crate::hub::{Broadcast, Enveloped};
 use crate::ops::metrics::Metrics;
 use crate::shard::outbound::{OutFrame, OutboundQueue};
@@ -39,12 +40,12 @@ pub trait Subscriber {
 pub struct Subscribers<C> {
     conns: Slab<Rc<C>>,
     /// Channel → keys in `conns`. The broadcast channel has no entry: it reaches everyone.
-    channels: ChannelMap<Slab<usize>>,
+    channels: HashMap<ChannelName, Slab<usize>>,
 }
 
 impl<C> Default for Subscribers<C> {
     fn default() -> Self {
-        Self { conns: Slab::new(), channels: ChannelMap::default() }
+        Self { conns: Slab::new(), channels: HashMap::new() }
     }
 }
 
